@@ -1,0 +1,109 @@
+"""The dataset table and `load_dataset`: source -> split -> standardise -> tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from ffn.data import synthetic
+from ffn.data.arrays import Arrays, encode_labels
+from ffn.data.config import DatasetConfig, as_config
+from ffn.data.dataset import Dataset
+from ffn.data.files import load_file
+from ffn.data.mnist1d_source import load_mnist1d
+from ffn.data.scale import Scale
+from ffn.data.shipped import SHIPPED
+from ffn.data.split import split_indices
+from ffn.errors import ConfigError
+
+Loader = Callable[[DatasetConfig, int], Arrays]  # (cfg, seed) -> the whole dataset
+
+DATASETS: dict[str, Loader] = {
+    **SHIPPED,  # digits, iris, wine, breast_cancer, diabetes
+    "mnist1d": load_mnist1d,
+    "regression": synthetic.regression,
+    "moons": synthetic.moons,
+    "spirals": synthetic.spirals,
+    "blobs": synthetic.blobs,
+    "file": load_file,
+}
+
+_MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which sklearn uses, takes no more
+
+
+def load_dataset(
+    cfg: DatasetConfig | Mapping[str, Any],
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Dataset:
+    """The named dataset split into train/val/test, same seed -> bitwise the same tensors."""
+    cfg = as_config(cfg)
+    _check_call(cfg, seed, dtype)
+    device = _device(device)
+    # Independent streams, so the split does not replay the generator's draws
+    make_seed, split_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
+    arrays = DATASETS[cfg.name](cfg, make_seed)
+    if cfg.name != "file" and cfg.task not in (None, arrays.task):
+        raise ConfigError("dataset.task", cfg.task, f"null or {arrays.task!r} for {cfg.name}")
+    classification = arrays.task == "classification"
+    labels = arrays.y if classification else None
+    parts = split_indices(labels, len(arrays.x), cfg, arrays.size_key, split_seed)
+    x, y = arrays.x, arrays.y
+    n_classes = None
+    if classification:
+        y, n_classes = encode_labels(y)
+    y_scale = None
+    if cfg.standardize:
+        x = Scale.fit(x[parts.train]).apply(x)
+        if not classification:
+            y_scale = Scale.fit(y[parts.train])
+            y = y_scale.apply(y)
+
+    def put(a: np.ndarray, labels: bool = False) -> torch.Tensor:
+        """One array on the requested device: labels int64, everything else `dtype`."""
+        return torch.as_tensor(a, dtype=torch.int64 if labels else dtype, device=device)
+
+    return Dataset(
+        name=cfg.name,
+        task=arrays.task,
+        x_train=put(x[parts.train]),
+        y_train=put(y[parts.train], classification),
+        x_val=put(x[parts.val]),
+        y_val=put(y[parts.val], classification),
+        x_test=put(x[parts.test]),
+        y_test=put(y[parts.test], classification),
+        n_classes=n_classes,
+        y_mean=None if y_scale is None else put(y_scale.mean),
+        y_std=None if y_scale is None else put(y_scale.std),
+    )
+
+
+def _check_call(cfg: DatasetConfig, seed: int, dtype: torch.dtype) -> None:
+    """What load_dataset can refuse before touching any data."""
+    if cfg.name not in DATASETS:
+        raise ConfigError("dataset.name", cfg.name, "one of: " + ", ".join(sorted(DATASETS)))
+    if cfg.name != "file":  # likely a forgotten dataset.name=file: do not ignore the path
+        for key in ("path", "target"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"dataset.{key}", getattr(cfg, key), "null unless name is file")
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, int | np.integer)
+        or not 0 <= seed <= _MAX_SEED
+    ):
+        raise ConfigError("seed", seed, f"an integer in [0, {_MAX_SEED}]")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError("dtype", dtype, "a floating torch dtype such as torch.float32")
+
+
+def _device(device: torch.device | str) -> torch.device:
+    """A torch.device, or a ConfigError for a string torch cannot parse."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", device, "a torch device such as 'cpu' or 'cuda'") from None

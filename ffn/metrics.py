@@ -1,0 +1,37 @@
+"""Evaluation: the loss and the task's metric (accuracy or R^2) on one split."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ffn.losses import loss_function
+from ffn.model import FeedForward
+
+
+def accuracy(logits: Tensor, target: Tensor) -> Tensor:
+    """Fraction of argmax predictions equal to the class.  logits: (n, M), target: (n,) -> ()."""
+    return (logits.argmax(1) == target).to(logits.dtype).mean()
+
+
+def r2_score(pred: Tensor, target: Tensor) -> Tensor:
+    """1 - SS_res / SS_tot, pooled over the M outputs.  pred, target: (n, M) -> ()."""
+    ss_res = (target - pred).square().sum()
+    ss_tot = (target - target.mean(0)).square().sum()
+    return 1 - ss_res / ss_tot
+
+
+def metric_name(task: str) -> str:
+    """The headline metric of a task, as logged: `accuracy` or `r2`."""
+    return "accuracy" if task == "classification" else "r2"
+
+
+@torch.no_grad()
+def evaluate(
+    model: FeedForward, x: Tensor, y: Tensor, task: str
+) -> tuple[dict[str, Tensor], Tensor, list[Tensor]]:
+    """{loss, accuracy|r2} as 0-dim tensors (no sync), the output (n, M), the pre-activations."""
+    out, preactivations = model.forward_with_preactivations(x)
+    loss = loss_function(task, model.backend)(out, y)
+    score = accuracy(out, y) if task == "classification" else r2_score(out, y)
+    return {"loss": loss, metric_name(task): score}, out, preactivations

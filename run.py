@@ -1,0 +1,18 @@
+"""ffn's main job: `python run.py [group=choice ...] [key=value ...]`, or `-m` for sweeps."""
+
+import hydra
+from omegaconf import DictConfig
+
+from ffn.config import register_configs
+from ffn.job import run_job
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    return run_job(cfg)
+
+
+if __name__ == "__main__":
+    main()
