@@ -3,10 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
+from ffn import cli_errors
 from ffn.config import register_configs
 from ffn.job import run_job
 
 register_configs()
+cli_errors.install()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
