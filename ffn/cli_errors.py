@@ -81,7 +81,7 @@ def install() -> None:
                 raise
             line = describe(error)
             if line is None:
-                return original(lambda: _reraise(error))
+                return original(lambda e=error: _reraise(e))
             report_and_exit(line)
 
     run_and_report._ffn = True  # type: ignore[attr-defined]

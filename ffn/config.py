@@ -90,6 +90,8 @@ class TrainerConfig:
     histogram_every: int = 1  # epochs between histograms (0: never)
     figures: bool = True
     progress: bool = True  # a progress bar when stderr is a terminal
+    checkpoint_every: int = 10  # epochs between checkpoints, and always at the end (0: never)
+    resume: bool = False  # continue the run in hydra.run.dir from its last checkpoint
 
 
 @dataclass
@@ -128,7 +130,7 @@ def validate(cfg: DictConfig | Any) -> None:
         raise ConfigError("trainer.dtype", t.dtype, "one of " + ", ".join(DTYPES))
     for key in ("grad_tol", "rel_tol"):
         _finite_at_least(f"trainer.{key}", t[key], 0.0)
-    for key in ("patience", "early_stopping", "histogram_every"):
+    for key in ("patience", "early_stopping", "histogram_every", "checkpoint_every"):
         if t[key] < 0:
             raise ConfigError(f"trainer.{key}", t[key], "an integer >= 0")
     if t.num_threads is not None and t.num_threads < 1:

@@ -1,4 +1,4 @@
-"""One Hydra job: validate, train, and leave a complete run folder whatever happens."""
+"""One Hydra job: validate, train (or resume), and leave a complete run folder whatever happens."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ffn import checkpoint
 from ffn.config import validate
 from ffn.errors import ConfigError
 from ffn.hparams import flatten
@@ -40,37 +41,61 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     """The group choices (model=relu, ...) and every config value, flattened for HParams."""
     choices = HydraConfig.get().runtime.choices
     flat = {group: str(choices.get(group)) for group in CONFIG_GROUPS if choices.get(group)}
-    flat.update(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["trainer"].pop("resume", None)  # how a run was started is not a hyperparameter
+    flat.update(flatten(config))
     return flat
 
 
+def resumed_config(run_dir: Path) -> tuple[DictConfig, dict[str, Any]]:
+    """The run's own config and its last checkpoint; the command line's other keys are ignored."""
+    payload = checkpoint.load(run_dir)
+    cfg = OmegaConf.create(payload["config"])
+    with open_dict(cfg):
+        cfg.trainer.resume = True
+    # Hydra has just rewritten .hydra/config.yaml from this command line: put the run's back.
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    return cfg, payload
+
+
 def run_job(cfg: DictConfig) -> float:
-    """Train one configuration; returns `optimized_metric` (NaN when the run diverged)."""
+    """Train one configuration; returns `optimized_metric` (NaN unless the run completed)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     metrics_path = run_dir / "metrics.json"
     started = time.time()
-    # Marked running first: a folder whose job died never looks like a finished run.
-    write_json_atomic(metrics_path, {"status": "running"})
     try:
+        payload = None
+        if cfg.trainer.resume:
+            cfg, payload = resumed_config(run_dir)
+            log.info("resuming %s from epoch %d", run_dir, payload["loop"]["epoch"])
         validate(cfg)
-        result = train(cfg, run_dir, hyperparameters(cfg))
+        # Marked running first: a folder whose job died never looks like a finished run.
+        write_json_atomic(metrics_path, {"status": "running"})
+        result = train(cfg, run_dir, hyperparameters(cfg), resume_from=payload)
     except ConfigError as error:
-        write_json_atomic(
-            metrics_path,
-            {"status": "failed", "error": str(error), "wall_time_s": time.time() - started},
-        )
+        if not cfg.trainer.resume or metrics_path.exists():
+            write_json_atomic(
+                metrics_path,
+                {"status": "failed", "error": str(error), "wall_time_s": time.time() - started},
+            )
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed job and the sweep carries on
         print(f"ffn: error: {error}", file=sys.stderr)
         sys.exit(2)
-    payload = {
-        "status": result.status,
-        "stop_reason": result.stop_reason,
-        "epochs": result.epochs,
-        "steps": result.steps,
-        "wall_time_s": round(time.time() - started, 3),
-        "metrics": {k: _finite_or_none(v) for k, v in sorted(result.metrics.items())},
-    }
-    write_json_atomic(metrics_path, payload)
+    write_json_atomic(
+        metrics_path,
+        {
+            "status": result.status,
+            "stop_reason": result.stop_reason,
+            "epochs": result.epochs,
+            "steps": result.steps,
+            "wall_time_s": round(result.wall_time_s, 3),
+            "metrics": {k: _finite_or_none(v) for k, v in sorted(result.metrics.items())},
+        },
+    )
     log.info("run folder: %s", run_dir)
+    if result.exit_code:
+        sys.exit(result.exit_code)  # 130 for SIGINT, 143 for SIGTERM
+    if result.status != "completed":
+        return math.nan
     return result.metrics.get(cfg.optimized_metric, math.nan)

@@ -70,8 +70,10 @@ class FeedForward(nn.Module):
         self.backend: Backend = backend
         sizes = [in_features, *hidden, out_features]
         self.layers = nn.ModuleList(Dense(d, h, bias) for d, h in itertools.pairwise(sizes))
-        self.reset_parameters(seed)
+        # Cast first, then draw: drawing into the float32 tensors Dense creates and casting after
+        # would round a float64 network's float64 draws to float32 precision.
         self.to(device=device, dtype=dtype)
+        self.reset_parameters(seed)
 
     @torch.no_grad()
     def reset_parameters(self, seed: int) -> None:

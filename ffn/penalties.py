@@ -43,7 +43,11 @@ class Penalty:
             raise ConfigError("penalty.lam", self.lam, "a finite number >= 0")
         if self.method not in L1_METHODS:
             raise ConfigError("penalty.method", self.method, "one of " + ", ".join(L1_METHODS))
-        if not (0.0 <= self.l1_ratio <= 1.0):
+        # Type first: text would make the comparison raise TypeError instead of ConfigError.
+        ratio_is_number = isinstance(self.l1_ratio, (int, float)) and not isinstance(
+            self.l1_ratio, bool
+        )
+        if not (ratio_is_number and 0.0 <= self.l1_ratio <= 1.0):
             raise ConfigError("penalty.l1_ratio", self.l1_ratio, "a number in [0, 1]")
 
     @property

@@ -22,8 +22,8 @@ SATURATION_MARGIN = 0.01
 class RunLogger:
     """One SummaryWriter in the run folder itself, so the HParams dashboard links to its curves."""
 
-    def __init__(self, log_dir: Path | str) -> None:
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+    def __init__(self, log_dir: Path | str, purge_step: int | None = None) -> None:
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self.closed = False
 
     def scalars(self, values: Mapping[str, float | Tensor], step: int) -> None:

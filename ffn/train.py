@@ -1,16 +1,19 @@
 """The training loop: objective = loss + penalty, minimised until one of the stopping rules fires.
 
 Readable top to bottom: build the pieces from the config, then per epoch take the minibatch
-steps, evaluate, log, and ask whether to stop.
+steps, evaluate, log, checkpoint, and ask whether to stop.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
+import signal
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +24,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm import tqdm
 
+from ffn import checkpoint
 from ffn.data import Dataset, load_dataset
 from ffn.errors import ConfigError
+from ffn.interrupt import StopFlag, stop_on_signals
 from ffn.losses import loss_function
 from ffn.metrics import evaluate, metric_name
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
 from ffn.run_logger import RunLogger
+from ffn.step import train_step as manual_train_step
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +41,30 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
+class LoopState:
+    """Where the loop stands: all of it goes into a checkpoint, so a resume continues exactly."""
+
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # minibatches finished in the current epoch (non-zero after an interruption)
+    steps: int = 0
+    calm_epochs: int = 0  # consecutive epochs whose objective changed less than rel_tol
+    previous_objective: float | None = None
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    wall_time_s: float = 0.0  # over every session of the run
+
+
+@dataclass
 class RunResult:
     """How a run ended and its final metrics (floats; NaN where they could not be computed)."""
 
-    status: str  # completed | diverged
-    stop_reason: str  # max_epochs | grad_tol | converged | early_stopping | diverged
+    status: str  # completed | diverged | interrupted
+    stop_reason: str  # max_epochs | grad_tol | converged | early_stopping | diverged | SIGINT...
     epochs: int
     steps: int
+    wall_time_s: float
     metrics: dict[str, float] = field(default_factory=dict)
+    exit_code: int = 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,9 +79,7 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError("trainer.device", name, "auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(
-                "trainer.device", name, "auto or cpu: this machine has no CUDA device"
-            )
+            raise ConfigError("trainer.device", name, "auto or cpu: this machine has no CUDA")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError("trainer.device", name, f"cuda:0..{torch.cuda.device_count() - 1}")
     return device
@@ -95,33 +115,18 @@ def _instantiate(group: str, node: DictConfig, **kwargs: Any) -> Any:
         raise ConfigError(f"{group}._target_", target, allowed) from None
 
 
-def build_optimizer(cfg: DictConfig, model: FeedForward) -> torch.optim.Optimizer:
-    return _instantiate("optimizer", cfg.optimizer, params=list(model.parameters()))
-
-
-def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer):
-    return _instantiate("schedule", cfg.schedule, optimizer=optimizer)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def train_step(
-    model: FeedForward,
-    optimizer: torch.optim.Optimizer,
-    penalty: Penalty,
-    penalised: list[Tensor],
-    x: Tensor,
-    y: Tensor,
-    task: str,
-) -> Tensor:
-    """One step of theta <- theta - eta grad(l_n + g); returns the minibatch loss (no sync)."""
+def autograd_train_step(model, optimizer, penalty, x, y, task) -> Tensor:
+    """The same step through an autograd graph (backend=autograd: torch's own ops)."""
     optimizer.zero_grad(set_to_none=True)
     loss = loss_function(task, model.backend)(model(x), y)
     loss.backward()
+    penalised = penalty.parameters(model)
     penalty.add_gradient_(penalised)
     optimizer.step()
     penalty.proximal_step_(optimizer, penalised)
@@ -134,89 +139,146 @@ def gradient_norm(model: FeedForward) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
-def train(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any] | None = None) -> RunResult:
-    """Train as `cfg` says, logging to TensorBoard in `run_dir`; returns how it ended."""
-    t = cfg.trainer
-    device = resolve_device(t.device)
-    dtype = DTYPES[t.dtype]
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
-    seed_everything(t.seed)
+class Run:
+    """One training run: the pieces built from the config, and the loop that trains them."""
 
-    data = load_dataset(cfg.dataset, seed=t.seed, device=device, dtype=dtype)
-    model = build_model(cfg, data, device, dtype)
-    penalty = Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True))
-    penalised = penalty.parameters(model)
-    optimizer = build_optimizer(cfg, model)
-    schedule = build_schedule(cfg, optimizer)
-    task, score = data.task, metric_name(data.task)
-
-    logger = RunLogger(run_dir)
-    try:
-        logger.text("config", OmegaConf.to_yaml(cfg))
-        if hparams:
-            logger.hparams_start(hparams)
-        result = _loop(cfg, data, model, penalty, penalised, optimizer, schedule, logger)
-        result.metrics, test_out = final_metrics(model, data, penalty, penalised)
-        logger.scalars(
-            {k: v for k, v in result.metrics.items() if k.startswith("test/")}, result.epochs
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        t = cfg.trainer
+        self.device = resolve_device(t.device)
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        seed_everything(t.seed)
+        self.data = load_dataset(
+            cfg.dataset, seed=t.seed, device=self.device, dtype=DTYPES[t.dtype]
         )
-        if t.figures and result.status == "completed":
-            logger.final_figures(
-                model, data.x_test, data.y_test, task, test_out, result.epochs, run_dir
-            )
-        logger.hparams_end(result.status)
-        log.info(
-            "%s: test/%s=%.4f test/loss=%.4g after %d epochs (%s)",
-            result.status,
-            score,
-            result.metrics[f"test/{score}"],
-            result.metrics["test/loss"],
-            result.epochs,
-            result.stop_reason,
+        self.task, self.score = self.data.task, metric_name(self.data.task)
+        self.model = build_model(cfg, self.data, self.device, DTYPES[t.dtype])
+        self.penalty = Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True))
+        self.penalised = self.penalty.parameters(self.model)
+        self.optimizer = _instantiate(
+            "optimizer", cfg.optimizer, params=list(self.model.parameters())
         )
-        return result
-    finally:
-        logger.close()
+        self.schedule = _instantiate("schedule", cfg.schedule, optimizer=self.optimizer)
+        self.order_gen = torch.Generator().manual_seed(t.seed)  # minibatch order, per epoch
+        self.epoch_gen_state = self.order_gen.get_state()
+        self.state = LoopState()
+        self.best_state: dict[str, Tensor] | None = None
+        self.step = manual_train_step if self.model.backend == "manual" else autograd_train_step
 
+    # --- checkpoints -------------------------------------------------------------------------
 
-def _loop(cfg, data, model, penalty, penalised, optimizer, schedule, logger) -> RunResult:
-    """The epochs: steps, evaluation, logging and the stopping rules."""
-    t = cfg.trainer
-    task, score = data.task, metric_name(data.task)
-    n = data.x_train.shape[0]
-    batch = n if cfg.optimizer.full_batch else min(t.batch_size, n)
-    order_gen = torch.Generator().manual_seed(t.seed)
-    device = data.x_train.device
+    def save_checkpoint(self) -> None:
+        checkpoint.save(
+            self.run_dir,
+            {
+                "config": OmegaConf.to_yaml(self.cfg),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "order_gen": self.order_gen.get_state(),
+                "order_gen_at_epoch_start": self.epoch_gen_state,
+                "loop": asdict(self.state),
+                "best_state": self.best_state,
+                "rng": checkpoint.rng_states(),
+            },
+        )
 
-    steps, calm, best, best_epoch, best_state = 0, 0, float("inf"), 0, None
-    previous_objective = None
-    show = t.progress and sys.stderr.isatty()
-    bar = tqdm(range(1, t.max_epochs + 1), desc="epochs", disable=not show, leave=False)
-    status, reason, epoch = "completed", "max_epochs", 0
-    for epoch in bar:
-        order = torch.randperm(n, generator=order_gen).to(device) if batch < n else None
-        for start in range(0, n, batch):
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Put every piece back as the checkpoint found it."""
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.schedule.load_state_dict(payload["schedule"])
+        self.order_gen.set_state(payload["order_gen"])
+        self.epoch_gen_state = payload["order_gen_at_epoch_start"]
+        self.state = LoopState(**payload["loop"])
+        self.best_state = payload["best_state"]
+        checkpoint.set_rng_states(payload["rng"])
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def minibatches(self, order: Tensor | None, batch: int, first: int):
+        """(index, x, y) of every minibatch of the epoch from the `first`-th on."""
+        n = self.data.x_train.shape[0]
+        for i, start in enumerate(range(0, n, batch)):
+            if i < first:
+                continue
             if order is None:
-                x, y = data.x_train, data.y_train
+                yield i, self.data.x_train, self.data.y_train
             else:
                 idx = order[start : start + batch]
-                x, y = data.x_train[idx], data.y_train[idx]
-            train_step(model, optimizer, penalty, penalised, x, y, task)
-            steps += 1
-        lr = optimizer.param_groups[0]["lr"]
-        schedule.step()
+                yield i, self.data.x_train[idx], self.data.y_train[idx]
 
-        train_m, _, preactivations = evaluate(model, data.x_train, data.y_train, task)
-        val_m, _, _ = evaluate(model, data.x_val, data.y_val, task)
+    def train(self, logger: RunLogger, stop: StopFlag) -> RunResult:
+        """Epochs until a stopping rule fires, the run diverges or a signal arrives."""
+        cfg, t, s = self.cfg, self.cfg.trainer, self.state
+        n = self.data.x_train.shape[0]
+        batch = n if cfg.optimizer.full_batch else min(t.batch_size, n)
+        session_start = time.time()
+        status, reason = "completed", "max_epochs"
+        show = t.progress and sys.stderr.isatty()
+        bar = tqdm(
+            total=t.max_epochs, initial=s.epoch, desc="epochs", disable=not show, leave=False
+        )
+        while s.epoch < t.max_epochs:
+            if s.batch == 0:
+                self.epoch_gen_state = self.order_gen.get_state()
+            else:  # resuming mid-epoch: replay this epoch's permutation
+                self.order_gen.set_state(self.epoch_gen_state)
+            order = None
+            if batch < n:
+                order = torch.randperm(n, generator=self.order_gen).to(self.device)
+            for i, x, y in self.minibatches(order, batch, s.batch):
+                self.step(self.model, self.optimizer, self.penalty, x, y, self.task)
+                s.steps += 1
+                s.batch = i + 1
+                if stop:
+                    break
+            if stop:
+                status, reason = "interrupted", _signal_name(stop.signum)
+                break
+            s.epoch, s.batch = s.epoch + 1, 0
+            host = self.end_of_epoch(logger)
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{host['train/loss']:.4g}", val=f"{host[f'val/{self.score}']:.4f}"
+            )
+            if not all(math.isfinite(v) for v in host.values()):
+                status, reason = "diverged", "diverged"
+                break  # the last checkpoint, from a finite epoch, stays as it is
+            reason = self.should_stop(host)
+            s.wall_time_s += time.time() - session_start
+            session_start = time.time()
+            last = reason is not None or s.epoch == t.max_epochs
+            if t.checkpoint_every and (s.epoch % t.checkpoint_every == 0 or last):
+                self.save_checkpoint()
+            if reason is not None:
+                break
+            reason = "max_epochs"
+        bar.close()
+        s.wall_time_s += time.time() - session_start
+        if status == "interrupted":
+            self.save_checkpoint()
+        if reason == "early_stopping" and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)  # report the model that was best on val
+        exit_code = stop.exit_code if status == "interrupted" else 0
+        return RunResult(status, reason, s.epoch, s.steps, s.wall_time_s, exit_code=exit_code)
+
+    def end_of_epoch(self, logger: RunLogger) -> dict[str, float]:
+        """Evaluate, step the schedule, log; returns the epoch's scalars on the host."""
+        s, score, data = self.state, self.score, self.data
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.schedule.step()
+        train_m, _, preactivations = evaluate(self.model, data.x_train, data.y_train, self.task)
+        val_m, _, _ = evaluate(self.model, data.x_val, data.y_val, self.task)
         with torch.no_grad():
-            pen = penalty.value(penalised)
+            pen = self.penalty.value(self.penalised).to(train_m["loss"])
         scalars = {
             "train/loss": train_m["loss"],
             f"train/{score}": train_m[score],
             "train/penalty": pen,
-            "train/objective": train_m["loss"] + pen.to(train_m["loss"]),
-            "train/grad_norm": gradient_norm(model),
+            "train/objective": train_m["loss"] + pen,
+            "train/grad_norm": gradient_norm(self.model),
             "val/loss": val_m["loss"],
             f"val/{score}": val_m[score],
         }
@@ -224,48 +286,94 @@ def _loop(cfg, data, model, penalty, penalised, optimizer, schedule, logger) -> 
         values = torch.stack([v.detach().double().cpu() for v in scalars.values()]).tolist()
         host = dict(zip(scalars, values, strict=True))
         host["train/lr"] = lr
-        logger.scalars(host, epoch)
-        if not all(np.isfinite(v) for v in host.values()):
-            status, reason = "diverged", "diverged"
-            break
-        logger.layers(model, preactivations, epoch)
-        if t.histogram_every and (epoch % t.histogram_every == 0 or epoch == 1):
-            logger.histograms(model, preactivations, epoch)
-        bar.set_postfix(loss=f"{host['train/loss']:.4g}", **{score: f"{host[f'val/{score}']:.4f}"})
+        logger.scalars(host, s.epoch)
+        if all(math.isfinite(v) for v in host.values()):
+            logger.layers(self.model, preactivations, s.epoch)
+            every = self.cfg.trainer.histogram_every
+            if every and (s.epoch % every == 0 or s.epoch == 1):
+                logger.histograms(self.model, preactivations, s.epoch)
+        return host
 
-        objective = host["train/objective"]
+    def should_stop(self, host: dict[str, float]) -> str | None:
+        """The stopping rule that fires after this epoch, if any."""
+        t, s = self.cfg.trainer, self.state
         if t.grad_tol and host["train/grad_norm"] < t.grad_tol:
-            reason = "grad_tol"
-            break
-        if t.rel_tol and previous_objective is not None:
-            change = abs(objective - previous_objective) / max(abs(previous_objective), 1e-300)
-            calm = calm + 1 if change < t.rel_tol else 0
-            if calm >= max(t.patience, 1):
-                reason = "converged"
-                break
-        previous_objective = objective
+            return "grad_tol"
+        objective = host["train/objective"]
+        if t.rel_tol and s.previous_objective is not None:
+            change = abs(objective - s.previous_objective) / max(abs(s.previous_objective), 1e-300)
+            s.calm_epochs = s.calm_epochs + 1 if change < t.rel_tol else 0
+        s.previous_objective = objective
+        if t.rel_tol and s.calm_epochs >= max(t.patience, 1):
+            return "converged"
         if t.early_stopping:
-            if host["val/loss"] < best:
-                best, best_epoch = host["val/loss"], epoch
-                best_state = copy.deepcopy(model.state_dict())
-            elif epoch - best_epoch >= t.early_stopping:
-                model.load_state_dict(best_state)  # report the model that was best on val
-                reason = "early_stopping"
-                break
-    bar.close()
-    return RunResult(status, reason, epoch, steps)
+            if host["val/loss"] < s.best_val_loss:
+                s.best_val_loss, s.best_epoch = host["val/loss"], s.epoch
+                self.best_state = copy.deepcopy(self.model.state_dict())
+            elif s.epoch - s.best_epoch >= t.early_stopping:
+                return "early_stopping"
+        return None
+
+    def final_metrics(self) -> tuple[dict[str, float], Tensor]:
+        """Loss and score on every split for the model as it ends, and the test output (n, M)."""
+        metrics: dict[str, float] = {}
+        for split in ("train", "val", "test"):
+            x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
+            values, out, _ = evaluate(self.model, x, y, self.task)
+            metrics.update({f"{split}/{k}": float(v) for k, v in values.items()})
+        with torch.no_grad():
+            metrics["train/penalty"] = float(self.penalty.value(self.penalised))
+        metrics["train/objective"] = metrics["train/loss"] + metrics["train/penalty"]
+        return metrics, out
 
 
-def final_metrics(
-    model: FeedForward, data: Dataset, penalty: Penalty, penalised: list[Tensor]
-) -> tuple[dict[str, float], Tensor]:
-    """Loss and score on every split for the model as it ends, and the test output (n, M)."""
-    metrics: dict[str, float] = {}
-    for split in ("train", "val", "test"):
-        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        values, out, _ = evaluate(model, x, y, data.task)
-        metrics.update({f"{split}/{k}": float(v) for k, v in values.items()})
-    with torch.no_grad():
-        metrics["train/penalty"] = float(penalty.value(penalised))
-    metrics["train/objective"] = metrics["train/loss"] + metrics["train/penalty"]
-    return metrics, out
+def _signal_name(signum: int | None) -> str:
+    return signal.Signals(signum).name if signum else "signal"
+
+
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    hparams: dict[str, Any] | None = None,
+    resume_from: dict[str, Any] | None = None,
+) -> RunResult:
+    """Train as `cfg` says, logging to TensorBoard in `run_dir`; returns how it ended.
+
+    With `resume_from` (a checkpoint's payload) the run continues where it stopped; TensorBoard
+    drops whatever the killed session logged after the checkpoint, so the curves stay clean.
+    """
+    run = Run(cfg, run_dir)
+    if resume_from is not None:
+        run.restore(resume_from)
+    # purge_step: events from a killed session past the checkpoint are discarded on reading.
+    purge = run.state.epoch + 1 if resume_from is not None else None
+    logger = RunLogger(run_dir, purge_step=purge)
+    with stop_on_signals() as stop:
+        try:
+            if resume_from is None:
+                logger.text("config", OmegaConf.to_yaml(cfg))
+                if hparams:
+                    logger.hparams_start(hparams)
+            result = run.train(logger, stop)
+            result.metrics, test_out = run.final_metrics()
+            tests = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
+            logger.scalars(tests, result.epochs)
+            if cfg.trainer.figures and result.status == "completed":
+                d = run.data
+                logger.final_figures(
+                    run.model, d.x_test, d.y_test, run.task, test_out, result.epochs, run_dir
+                )
+            logger.hparams_end(result.status)
+        finally:
+            logger.close()
+    score = run.score
+    log.info(
+        "%s: test/%s=%.4f test/loss=%.4g after %d epochs (%s)",
+        result.status,
+        score,
+        result.metrics[f"test/{score}"],
+        result.metrics["test/loss"],
+        result.epochs,
+        result.stop_reason,
+    )
+    return result

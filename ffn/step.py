@@ -1,0 +1,124 @@
+"""The graph-free training step: the hand-written formulas chained by hand, no autograd graph.
+
+`manual_gradients` runs the same formula functions the autograd Functions run (`linear_forward`,
+`activation.forward`, the loss's forward, then each backward in reverse), keeping per layer only
+what the table entry says its derivative needs. Small networks spend most of an autograd step on
+graph bookkeeping; here there is none, so a step is the kernels plus a thin Python loop.
+
+`train_step` adds the penalty and the optimizer around it, in the order the runner uses, so any
+`torch.optim` optimizer built from a `_target_` works. `sgd_update_` is a one-kernel plain SGD for
+benchmarks and loops that own the learning rate; `compile_gradients` is the opt-in `torch.compile`
+of `manual_gradients`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ffn.errors import ConfigError
+from ffn.functions import (
+    linear_backward,
+    linear_forward,
+    mse_backward,
+    mse_forward,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
+from ffn.losses import TASKS
+from ffn.model import FeedForward
+from ffn.penalties import Penalty
+
+
+def manual_gradients(model: FeedForward, x: Tensor, y: Tensor, task: str) -> Tensor:
+    """Set p.grad = d loss / d p for every parameter (overwriting) and return the loss.
+
+    x: (n, d); y: (n,) int64 class labels for classification, (n, M) targets for regression.
+    The loss is a 0-dim tensor left on the device: no host sync happens here.
+    """
+    if task not in TASKS:
+        raise ConfigError("dataset.task", task, "one of " + ", ".join(TASKS))
+    act, param = model.activation, model.activation_param
+    keep_output = act.saves == "output"
+    params = layer_parameters(model)
+    with torch.no_grad():
+        inputs = [x]  # the input of every layer: x, then each hidden h
+        saved = []  # what each hidden layer's g' is computed from: h or z
+        h = x
+        for weight, bias in params[:-1]:
+            z = linear_forward(h, weight, bias)
+            h = act.forward(z, param)
+            saved.append(h if keep_output else z)
+            inputs.append(h)
+        weight, bias = params[-1]
+        pred = linear_forward(h, weight, bias)
+        if task == "classification":
+            loss, probs = softmax_cross_entropy_forward(pred, y)
+            delta = softmax_cross_entropy_backward(probs, y)
+        else:
+            loss = mse_forward(pred, y)
+            delta = mse_backward(pred, y)
+        for i in range(len(params) - 1, -1, -1):
+            weight, bias = params[i]
+            grad_x, weight.grad, grad_b = linear_backward(
+                delta, inputs[i], weight, i > 0, bias is not None
+            )
+            if bias is not None:
+                bias.grad = grad_b
+            if i > 0:
+                # dz = dh * g'(saved), the Function's formula; grad_x is ours to multiply in place.
+                delta = grad_x.mul_(act.derivative(saved[i - 1], param))
+    return loss
+
+
+def layer_parameters(model: FeedForward) -> list[tuple[Tensor, Tensor | None]]:
+    """(weight, bias) of every layer, in order; bias is None for layers built without one."""
+    # Straight from the registries: nn.Module.__getattr__ is a Python-level lookup that costs
+    # about as much as a small kernel, and a tiny step would make ten of them (an eighth of it).
+    return [
+        (layer._parameters["weight"], layer._parameters.get("bias"))
+        for layer in model._modules["layers"]._modules.values()
+    ]
+
+
+def sgd_update_(params: Sequence[Tensor], lr: float) -> None:
+    """p <- p - lr p.grad for every p with a gradient: plain SGD (no momentum) in one kernel.
+
+    What `torch.optim.SGD(params, lr).step()` computes, without its per-step bookkeeping (on CPU
+    it loops `add_` per tensor, inside a profiler range and hook checks).
+    """
+    params = [p for p in params if p.grad is not None]
+    with torch.no_grad():
+        torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)
+
+
+def train_step(
+    model: FeedForward,
+    optimizer: torch.optim.Optimizer,
+    penalty: Penalty | None,
+    x: Tensor,
+    y: Tensor,
+    task: str,
+) -> Tensor:
+    """One step: gradients by hand, + penalty gradient, optimizer.step(), proximal l1 step.
+
+    Equals `optimizer.zero_grad(); loss.backward(); penalty.add_gradient_(...); optimizer.step();
+    penalty.proximal_step_(...)` on the autograd path. Returns the data loss (0-dim, on device).
+    """
+    loss = manual_gradients(model, x, y, task)
+    active = penalty is not None and (penalty.l1_weight or penalty.l2_weight)
+    if active:
+        penalised = penalty.parameters(model)
+        penalty.add_gradient_(penalised)
+    optimizer.step()
+    if active:
+        penalty.proximal_step_(optimizer, penalised)
+    return loss
+
+
+def compile_gradients(**compile_kwargs) -> Callable[[FeedForward, Tensor, Tensor, str], Tensor]:
+    """Opt-in: `torch.compile(manual_gradients)`; pays only after warm-up, if at all on CPU."""
+    compile_kwargs.setdefault("dynamic", False)
+    return torch.compile(manual_gradients, **compile_kwargs)

@@ -1,0 +1,397 @@
+"""The hand-written Functions against finite differences, torch's own ops and the seed's formulas.
+
+Every activation test loops over `ACTIVATIONS`, so a new table entry is covered without editing
+this file. Gradient checks run in float64; comparisons never use exact float equality except
+where the mathematics says the value is exactly 0 or 1 (relu' at 0, saturated sigmoid/tanh).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from torch.autograd import gradcheck
+
+from ffn.activations import ACTIVATIONS, Activation
+from ffn.functions import LinearFunction, MSEFunction, SoftmaxCrossEntropyFunction
+
+DTYPES = [torch.float32, torch.float64]
+F64 = torch.float64
+
+# Tight tolerances for "equals torch's own op": a few ulps of the result's magnitude.
+TOL = {
+    torch.float32: {"rtol": 2e-6, "atol": 1e-6},
+    torch.float64: {"rtol": 1e-12, "atol": 1e-12},
+}
+# F.softplus returns z itself for z > 20 (its `threshold`), so torch's gradient there is exactly 1,
+# while ffn's derivative 1 - exp(-h) is the true sigm(z) = 1 - 2e-9 at z = 20: a float64-only gap.
+EXTRA_ATOL = {("softplus", torch.float64): 3e-9}
+
+shapes = st.tuples(st.integers(1, 8), st.integers(1, 6))  # (batch n, features d or M)
+seeds = st.integers(0, 2**31 - 1)
+few = settings(max_examples=12, deadline=None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second intra-op thread only spins, and on a busy 2-core box costs 5x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randn(shape: tuple[int, ...], seed: int, dtype: torch.dtype = F64, scale: float = 1.0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=generator, dtype=F64) * scale).to(dtype)
+
+
+def off_kink(z: torch.Tensor, gap: float = 1e-2) -> torch.Tensor:
+    """Push every value at least `gap` away from 0, where the ReLU family has its kink."""
+    return torch.where(z >= 0, z + gap, z - gap)
+
+
+def tol(name: str, dtype: torch.dtype) -> dict[str, float]:
+    t = dict(TOL[dtype])
+    t["atol"] = max(t["atol"], EXTRA_ATOL.get((name, dtype), 0.0))
+    return t
+
+
+def entry_params() -> list:
+    """(name, param) for every table entry: its default, and a non-default for those with one."""
+    cases = []
+    for name, entry in ACTIVATIONS.items():
+        cases.append(pytest.param(name, None, id=f"{name}-default"))
+        if entry.param_name is not None:
+            other = entry.param_default + 0.5
+            cases.append(pytest.param(name, other, id=f"{name}-{entry.param_name}={other}"))
+    return cases
+
+
+def resolved(entry: Activation, param: float | None) -> float:
+    return entry.param_default if param is None else param
+
+
+# --- finite differences (gradcheck, float64) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "param"), entry_params())
+@given(shape=shapes, seed=seeds)
+@example(shape=(1, 1), seed=0)
+@example(shape=(1, 6), seed=1)
+@few
+def test_activation_gradcheck(name, param, shape, seed):
+    entry = ACTIVATIONS[name]
+    z = off_kink(randn(shape, seed, scale=2.0)).requires_grad_()
+    assert gradcheck(entry.function.apply, (z, resolved(entry, param)))
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@given(n_d=shapes, out=st.integers(1, 6), seed=seeds)
+@example(n_d=(1, 1), out=1, seed=0)
+@few
+def test_linear_gradcheck(with_bias, n_d, out, seed):
+    n, d = n_d
+    x = randn((n, d), seed).requires_grad_()
+    w = randn((d, out), seed + 1).requires_grad_()
+    b = randn((out,), seed + 2).requires_grad_() if with_bias else None
+    assert gradcheck(LinearFunction.apply, (x, w, b))
+
+
+@given(shape=shapes, seed=seeds)
+@example(shape=(1, 1), seed=0)
+@example(shape=(1, 4), seed=0)
+@few
+def test_softmax_cross_entropy_gradcheck_logits_only(shape, seed):
+    n, m = shape
+    logits = randn(shape, seed, scale=3.0).requires_grad_()
+    target = torch.randint(m, (n,), generator=torch.Generator().manual_seed(seed))
+    assert gradcheck(lambda z: SoftmaxCrossEntropyFunction.apply(z, target), (logits,))
+
+
+@given(shape=shapes, seed=seeds)
+@example(shape=(1, 1), seed=0)
+@few
+def test_mse_gradcheck(shape, seed):
+    pred = randn(shape, seed).requires_grad_()
+    target = randn(shape, seed + 1).requires_grad_()
+    assert gradcheck(MSEFunction.apply, (pred, target))
+
+
+# --- against torch's own ops -------------------------------------------------------------------
+
+
+def _forward_backward(fn, z: torch.Tensor, grad_out: torch.Tensor):
+    z = z.detach().clone().requires_grad_()
+    h = fn(z)
+    h.backward(grad_out)
+    return h.detach(), z.grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize(("name", "param"), entry_params())
+def test_activation_matches_native(name, param, dtype):
+    entry = ACTIVATIONS[name]
+    p = resolved(entry, param)
+    z = randn((64, 5), seed=3, dtype=dtype, scale=4.0)
+    z[0, :3] = torch.tensor([0.0, -0.0, 1e-30])  # torch and ffn agree at the kink as well
+    grad_out = randn((64, 5), seed=4, dtype=dtype)
+    h, dz = _forward_backward(lambda t: entry(t, p), z, grad_out)
+    h_ref, dz_ref = _forward_backward(lambda t: entry.native(t, p), z, grad_out)
+    assert h.dtype == dz.dtype == dtype
+    torch.testing.assert_close(h, h_ref, **tol(name, dtype))
+    torch.testing.assert_close(dz, dz_ref, **tol(name, dtype))
+
+
+big = st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=1, max_size=16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+@given(values=big)
+@example(values=[-1e4, 1e4, -1e3, 1e3, 0.0])
+@settings(max_examples=25, deadline=None)
+def test_activation_finite_and_native_at_large_inputs(name, dtype, values):
+    entry = ACTIVATIONS[name]
+    z = torch.tensor(values, dtype=dtype)
+    grad_out = torch.ones_like(z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h, dz = _forward_backward(entry, z, grad_out)
+    assert torch.isfinite(h).all() and torch.isfinite(dz).all()
+    h_ref, dz_ref = _forward_backward(lambda t: entry.native(t, entry.param_default), z, grad_out)
+    torch.testing.assert_close(h, h_ref, **tol(name, dtype))
+    torch.testing.assert_close(dz, dz_ref, **tol(name, dtype))
+
+
+# --- the seed's formulas, by name --------------------------------------------------------------
+
+
+def test_sigmoid_backward_is_h_times_one_minus_h():
+    z = randn((7, 3), seed=5, scale=3.0).requires_grad_()
+    g = randn((7, 3), seed=6)
+    h = ACTIVATIONS["sigmoid"](z)
+    h.backward(g)
+    h = h.detach()
+    torch.testing.assert_close(h, 1 / (1 + torch.exp(-z.detach())), rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(z.grad, g * h * (1 - h), rtol=1e-14, atol=1e-15)
+
+
+def test_tanh_backward_is_one_minus_h_squared():
+    z = randn((7, 3), seed=7, scale=2.0).requires_grad_()
+    g = randn((7, 3), seed=8)
+    h = ACTIVATIONS["tanh"](z)
+    h.backward(g)
+    h = h.detach()
+    e = torch.exp(2 * z.detach())
+    torch.testing.assert_close(h, (e - 1) / (e + 1), rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(z.grad, g * (1 - h**2), rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_relu_backward_is_indicator_with_zero_gradient_at_zero(dtype):
+    z = torch.tensor([-2.0, -1e-30, 0.0, -0.0, 1e-30, 3.0], dtype=dtype, requires_grad=True)
+    g = torch.full_like(z, 2.5)
+    ACTIVATIONS["relu"](z).backward(g)
+    torch.testing.assert_close(z.grad, g * (z.detach() > 0).to(dtype), rtol=0, atol=0)
+    at_zero = z.detach() == 0
+    assert at_zero.sum() == 2
+    assert (z.grad[at_zero] == 0).all()  # relu'(0) = 1{0 > 0} = 0, exactly
+
+
+def test_seed_activations_save_their_output():
+    """The seed's derivatives sigm', tanh', relu' are written in h; the table must say so."""
+    for name in ("sigmoid", "tanh", "relu"):
+        assert ACTIVATIONS[name].saves == "output", name
+
+
+def test_softplus_derivative_keeps_relative_precision_in_the_negative_tail():
+    """sigm(z) from h = softplus(z) as -expm1(-h): 1 - exp(-h) would lose every digit once h is
+    below 1e-16 (z < -37) and most of them well before."""
+    z = torch.tensor([-20.0, -30.0, -40.0, -300.0], dtype=F64, requires_grad=True)
+    ACTIVATIONS["softplus"](z).sum().backward()
+    torch.testing.assert_close(z.grad, torch.sigmoid(z.detach()), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_function_saves_what_the_entry_says(name):
+    entry = ACTIVATIONS[name]
+    z = torch.tensor([-1.5, -0.3, 0.4, 2.0], dtype=F64, requires_grad=True)
+    h = entry(z)
+    (saved,) = h.grad_fn.saved_tensors
+    kept = h if entry.saves == "output" else z
+    other = z if entry.saves == "output" else h
+    assert saved.data_ptr() == kept.data_ptr()  # the very tensor, not a copy
+    assert saved.data_ptr() != other.data_ptr()
+    torch.testing.assert_close(saved, kept.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_sigmoid_and_tanh_saturate_exactly_without_warnings(dtype):
+    z = torch.tensor([-1000.0, 1000.0], dtype=dtype, requires_grad=True)
+    for name, expected in (("sigmoid", [0.0, 1.0]), ("tanh", [-1.0, 1.0])):
+        z.grad = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            h = ACTIVATIONS[name](z)
+            h.sum().backward()
+        assert h.tolist() == expected, name  # exactly saturated, not merely close
+        assert torch.isfinite(z.grad).all()
+        assert (z.grad == 0).all(), name  # h (1 - h) and 1 - h^2 vanish exactly there
+
+
+# --- softmax + cross-entropy ------------------------------------------------------------------
+
+
+@st.composite
+def logit_rows(draw):
+    """(n, M, n*M logits in [-1e4, 1e4], n class labels)."""
+    n, m = draw(shapes)
+    flat = draw(st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=n * m, max_size=n * m))
+    labels = draw(st.lists(st.integers(0, m - 1), min_size=n, max_size=n))
+    return n, m, flat, labels
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@given(case=logit_rows())
+@example(case=(1, 3, [1e4, 1e4 - 1, -1e4], [1]))
+@example(case=(2, 2, [-1e4, 1e4, 1e4, -1e4], [0, 1]))
+@settings(max_examples=40, deadline=None)
+def test_softmax_cross_entropy_matches_torch_up_to_1e4(dtype, case):
+    n, m, flat, labels = case
+    logits = torch.tensor(flat, dtype=dtype).reshape(n, m)
+    target = torch.tensor(labels, dtype=torch.int64)
+    z = logits.clone().requires_grad_()
+    loss = SoftmaxCrossEntropyFunction.apply(z, target)
+    (2.5 * loss).backward()  # a non-unit upstream gradient
+    z_ref = logits.clone().requires_grad_()
+    loss_ref = F.cross_entropy(z_ref, target)
+    (2.5 * loss_ref).backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    torch.testing.assert_close(loss, loss_ref, **TOL[dtype])
+    torch.testing.assert_close(z.grad, z_ref.grad, **TOL[dtype])
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_softmax_cross_entropy_gradient_is_softmax_minus_onehot_over_n(n):
+    logits = randn((n, 4), seed=11, scale=3.0).requires_grad_()
+    target = torch.tensor([3, 0, 1, 1, 2][:n])
+    loss = SoftmaxCrossEntropyFunction.apply(logits, target)
+    (2.5 * loss).backward()
+    z = logits.detach()
+    p = torch.exp(z) / torch.exp(z).sum(1, keepdim=True)
+    onehot = F.one_hot(target, 4).to(F64)
+    expected_loss = -torch.log(p[torch.arange(n), target]).mean()
+    torch.testing.assert_close(loss.detach(), expected_loss, rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(logits.grad, 2.5 * (p - onehot) / n, rtol=1e-13, atol=1e-15)
+
+
+def test_softmax_cross_entropy_gives_no_gradient_to_target():
+    logits = randn((3, 4), seed=12).requires_grad_()
+    target = torch.tensor([0, 3, 1])
+    loss = SoftmaxCrossEntropyFunction.apply(logits, target)
+    assert target.dtype == torch.int64 and not target.requires_grad
+    assert loss.grad_fn.next_functions[1][0] is None  # no edge into target's graph
+    loss.backward()
+    assert target.grad is None
+    assert logits.grad is not None
+
+
+# --- mean squared error -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3), (6, 1), (6, 3)])
+def test_mse_is_m_times_torch_mse_with_gradient_two_residual_over_n(shape, dtype):
+    n, m = shape
+    pred = randn(shape, seed=13, dtype=dtype, scale=2.0).requires_grad_()
+    target = randn(shape, seed=14, dtype=dtype).requires_grad_()
+    loss = MSEFunction.apply(pred, target)
+    (2.5 * loss).backward()
+    torch.testing.assert_close(loss, m * F.mse_loss(pred, target), **TOL[dtype])
+    torch.testing.assert_close(loss, F.mse_loss(pred, target, reduction="sum") / n, **TOL[dtype])
+    residual = (pred - target).detach()
+    torch.testing.assert_close(pred.grad, 2.5 * 2 * residual / n, **TOL[dtype])
+    torch.testing.assert_close(target.grad, -2.5 * 2 * residual / n, **TOL[dtype])
+
+
+# --- linear -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize(("n", "d", "h"), [(1, 1, 1), (1, 4, 3), (5, 1, 2), (5, 4, 3)])
+def test_linear_backward_formulas(n, d, h, with_bias):
+    x = randn((n, d), seed=15).requires_grad_()
+    w = randn((d, h), seed=16).requires_grad_()
+    b = randn((h,), seed=17).requires_grad_() if with_bias else None
+    dz = randn((n, h), seed=18)  # a random upstream gradient
+    z = LinearFunction.apply(x, w, b)
+    z.backward(dz)
+    xd, wd = x.detach(), w.detach()
+    # z_ij = sum_k x_ik W_kj + b_j, written out as sums rather than matrix products.
+    z_expected = (xd[:, :, None] * wd[None, :, :]).sum(1) + (0 if b is None else b.detach())
+    torch.testing.assert_close(z.detach(), z_expected, rtol=1e-13, atol=1e-14)
+    # dx_ik = sum_j dz_ij W_kj (dz W^T), dW_kj = sum_i x_ik dz_ij (x^T dz), db_j = sum_i dz_ij.
+    close = {"rtol": 1e-13, "atol": 1e-14}
+    torch.testing.assert_close(x.grad, (dz[:, None, :] * wd[None]).sum(2), **close)
+    torch.testing.assert_close(w.grad, (xd[:, :, None] * dz[:, None, :]).sum(0), **close)
+    if with_bias:
+        torch.testing.assert_close(b.grad, dz.sum(0), **close)
+
+
+def test_linear_skips_gradients_nobody_asked_for():
+    x = randn((4, 3), seed=19)  # data: no gradient wanted
+    w = randn((3, 2), seed=20).requires_grad_()
+    b = randn((2,), seed=21).requires_grad_()
+    LinearFunction.apply(x, w, b).sum().backward()
+    assert x.grad is None
+    torch.testing.assert_close(w.grad, x.sum(0)[:, None].expand(3, 2), rtol=1e-13, atol=1e-14)
+
+
+# --- the public functional API ----------------------------------------------------------------
+
+
+def test_functional_api_imports_and_runs_hand_written_functions():
+    from ffn.functional import (
+        leaky_relu,
+        linear,
+        mse,
+        relu,
+        sigmoid,
+        softmax_cross_entropy,
+        tanh,
+    )
+
+    x = randn((4, 3), seed=22).requires_grad_()
+    w = randn((3, 2), seed=23)
+    z = linear(x, w, torch.zeros(2, dtype=F64))
+    assert type(z.grad_fn).__name__ == "LinearFunctionBackward"
+    torch.testing.assert_close(z, x @ w, rtol=1e-13, atol=1e-14)
+    natives = {sigmoid: torch.sigmoid, tanh: torch.tanh, relu: F.relu, leaky_relu: F.leaky_relu}
+    for fn, ref in natives.items():
+        h = fn(z)
+        assert "Function" in type(h.grad_fn).__name__
+        torch.testing.assert_close(h, ref(z), rtol=1e-13, atol=1e-14)
+    target = torch.tensor([0, 1, 1, 0])
+    torch.testing.assert_close(
+        softmax_cross_entropy(z, target), F.cross_entropy(z, target), rtol=1e-13, atol=1e-14
+    )
+    torch.testing.assert_close(mse(z, z.detach() + 1), torch.tensor(2.0, dtype=F64))
+
+
+def test_functional_leaky_relu_uses_the_given_slope():
+    from ffn.functional import leaky_relu
+
+    z = torch.tensor([-2.0, -0.5, 1.0, 3.0], dtype=F64, requires_grad=True)
+    h = leaky_relu(z, negative_slope=0.2)
+    h.sum().backward()
+    torch.testing.assert_close(h.detach(), torch.tensor([-0.4, -0.1, 1.0, 3.0], dtype=F64))
+    torch.testing.assert_close(z.grad, torch.tensor([0.2, 0.2, 1.0, 1.0], dtype=F64))
+    # the default slope is the table's, 0.01, not 0.2
+    torch.testing.assert_close(
+        leaky_relu(z.detach()), torch.tensor([-0.02, -0.005, 1.0, 3.0], dtype=F64)
+    )

@@ -1,0 +1,352 @@
+"""Penalties g(w) = lam pen(w): values, gradients, the proximal step, bad input, and the closed
+forms they must reach (lasso against scikit-learn, ridge against its normal equations)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ffn.errors import ConfigError
+from ffn.functional import mse
+from ffn.model import FeedForward
+from ffn.penalties import Penalty
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second intra-op thread only spins, and on a busy 2-core box costs 5x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def model_with_biases(seed: int = 0) -> FeedForward:
+    """A small float64 net whose biases are non-zero, so including them makes a difference."""
+    model = FeedForward(4, [5], 3, activation="tanh", dtype=F64, seed=seed)
+    with torch.no_grad():
+        for i, b in enumerate(model.biases()):
+            b.copy_(randn(*b.shape, seed=seed + 100 + i))
+    return model
+
+
+# --- value ------------------------------------------------------------------------------------
+
+
+def l1(ts) -> float:
+    return sum(t.detach().abs().sum().item() for t in ts)
+
+
+def l2sq(ts) -> float:
+    return sum(t.detach().square().sum().item() for t in ts)
+
+
+@pytest.mark.parametrize("include_bias", [False, True], ids=["weights", "with-bias"])
+@pytest.mark.parametrize("method", ["proximal", "subgradient"])
+def test_value_is_exactly_the_seeds_formula(include_bias, method):
+    model = model_with_biases()
+    lam, r = 0.7, 0.3
+    tensors = model.weights() + (model.biases() if include_bias else [])
+    expected = {  # no 1/2 factors anywhere
+        "none": 0.0,
+        "l2": lam * l2sq(tensors),
+        "l1": lam * l1(tensors),
+        "elastic_net": lam * (r * l1(tensors) + (1 - r) * l2sq(tensors)),
+    }
+    for name, want in expected.items():
+        penalty = Penalty(name, lam=lam, method=method, l1_ratio=r, include_bias=include_bias)
+        params = penalty.parameters(model)
+        assert len(params) == len(tensors)
+        got = penalty.value(params)
+        assert got.item() == pytest.approx(want, rel=1e-13, abs=1e-15), name
+        # smooth_value drops the l1 term only when the proximal step takes care of it
+        smooth = penalty.smooth_value(params).item()
+        if method == "proximal" and name in ("l1", "elastic_net"):
+            l2_only = 0.0 if name == "l1" else lam * (1 - r) * l2sq(tensors)
+            assert smooth == pytest.approx(l2_only, rel=1e-13, abs=1e-15), name
+        else:
+            assert smooth == pytest.approx(want, rel=1e-13, abs=1e-15), name
+
+
+def test_biases_are_excluded_by_default():
+    model = model_with_biases()
+    penalised = {id(p) for p in Penalty("l2", lam=1.0).parameters(model)}
+    assert penalised == {id(w) for w in model.weights()}
+    with_bias = {id(p) for p in Penalty("l2", lam=1.0, include_bias=True).parameters(model)}
+    assert with_bias == {id(p) for p in model.parameters()}
+
+
+# --- gradient ---------------------------------------------------------------------------------
+
+GRADIENT_CASES = {
+    "l2": Penalty("l2", lam=0.4),
+    "l1-subgradient": Penalty("l1", lam=0.4, method="subgradient"),
+    "l1-proximal": Penalty("l1", lam=0.4, method="proximal"),
+    "elastic_net-subgradient": Penalty("elastic_net", 0.4, "subgradient", l1_ratio=0.25),
+    "elastic_net-proximal": Penalty("elastic_net", 0.4, "proximal", l1_ratio=0.25),
+}
+
+
+@pytest.mark.parametrize("case", list(GRADIENT_CASES))
+def test_gradient_equals_autograd_of_smooth_value(case):
+    penalty = GRADIENT_CASES[case]
+    w = randn(6, 4, seed=1)
+    w[0, 0] = 0.0  # sign(0) = 0 is the subgradient both sides pick
+    w.requires_grad_()
+    # `+ 0 * w.sum()` keeps the graph alive where smooth_value is a constant (proximal l1)
+    (expected,) = torch.autograd.grad(penalty.smooth_value([w]) + 0 * w.sum(), w)
+    torch.testing.assert_close(penalty.gradient(w.detach()), expected, rtol=1e-14, atol=1e-15)
+    # explicitly: 2 lam_2 w, plus lam_1 sign(w) unless the prox handles the l1 part
+    lam1 = penalty.l1_weight if penalty.method == "subgradient" else 0.0
+    explicit = 2 * penalty.l2_weight * w.detach() + lam1 * torch.sign(w.detach())
+    torch.testing.assert_close(penalty.gradient(w.detach()), explicit, rtol=1e-14, atol=1e-15)
+
+
+def test_add_gradient_adds_to_the_loss_gradient_on_penalised_tensors_only():
+    model = model_with_biases()
+    penalty = Penalty("l2", lam=0.5)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    penalty.add_gradient_(penalty.parameters(model))
+    for w in model.weights():
+        torch.testing.assert_close(w.grad, 1 + 2 * 0.5 * w.detach(), rtol=1e-14, atol=1e-15)
+    for b in model.biases():
+        torch.testing.assert_close(b.grad, torch.ones_like(b), rtol=0, atol=0)
+
+
+# --- proximal step ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "ratio"), [("l1", 1.0), ("elastic_net", 0.4)], ids=["l1", "elastic_net"]
+)
+@pytest.mark.parametrize("include_bias", [False, True], ids=["weights", "with-bias"])
+def test_proximal_step_soft_thresholds_with_each_groups_lr(name, ratio, include_bias):
+    model = model_with_biases()
+    lam = 1.5
+    penalty = Penalty(name, lam=lam, l1_ratio=0.4, include_bias=include_bias)
+    first, second = model.layers
+    opt = torch.optim.SGD(
+        [
+            {"params": list(first.parameters()), "lr": 0.3},
+            {"params": list(second.parameters()), "lr": 0.1},
+        ],
+        lr=1.0,  # the groups' own rates must win over this default
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.view(-1)[:2] = torch.tensor([0.01, -2.0])  # one to zero out, one to shrink
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # so the SGD step itself moves nothing
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    penalty.proximal_step_(opt, penalty.parameters(model))
+    for n, p in model.named_parameters():
+        old = before[n]
+        if p.ndim == 1 and not include_bias:
+            torch.testing.assert_close(p.detach(), old, rtol=0, atol=0, msg=n)
+            continue
+        eta = 0.3 if n.startswith("layers.0") else 0.1
+        threshold = eta * lam * ratio
+        expected = torch.sign(old) * torch.clamp(old.abs() - threshold, min=0)
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-15, msg=n)
+        killed = old.abs() <= threshold
+        assert killed.any() and (~killed).any(), n  # the data exercise both branches
+        assert (p.detach()[killed] == 0).all(), n  # exact zeros, not small numbers
+
+
+@pytest.mark.parametrize(
+    "penalty",
+    [
+        Penalty("l2", lam=1.0),
+        Penalty("l1", lam=1.0, method="subgradient"),
+        Penalty("elastic_net", 1.0, "subgradient"),
+        Penalty("none"),
+    ],
+    ids=["l2", "l1-subgradient", "elastic_net-subgradient", "none"],
+)
+def test_proximal_step_is_a_no_op_without_a_proximal_l1_term(penalty):
+    model = model_with_biases()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    penalty.proximal_step_(opt, penalty.parameters(model))
+    for p, old in zip(model.parameters(), before, strict=True):
+        torch.testing.assert_close(p.detach(), old, rtol=0, atol=0)
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"name": "l2", "lam": -0.1}, "penalty.lam"),
+        ({"name": "l2", "lam": float("nan")}, "penalty.lam"),
+        ({"name": "l2", "lam": float("inf")}, "penalty.lam"),
+        ({"name": "l2", "lam": "0.1"}, "penalty.lam"),
+        ({"name": "l2", "lam": None}, "penalty.lam"),
+        ({"name": "l3"}, "penalty.name"),
+        ({"name": "l1", "method": "adam"}, "penalty.method"),
+        ({"name": "elastic_net", "l1_ratio": -0.1}, "penalty.l1_ratio"),
+        ({"name": "elastic_net", "l1_ratio": 1.5}, "penalty.l1_ratio"),
+        ({"name": "elastic_net", "l1_ratio": float("nan")}, "penalty.l1_ratio"),
+        ({"name": "elastic_net", "l1_ratio": "half"}, "penalty.l1_ratio"),
+    ],
+)
+def test_bad_penalty_input_names_the_key(kwargs, key):
+    with pytest.raises(ConfigError) as info:
+        Penalty(**kwargs)
+    assert info.value.key == key
+    assert key in str(info.value)
+
+
+# --- a larger lambda gives smaller weights ----------------------------------------------------
+
+
+def test_larger_lambda_gives_smaller_weights():
+    """Train one tiny tanh net to a stationary point of loss + lam ||W||^2 for two lambdas.
+
+    Full-batch L-BFGS on ffn's gradients (hand-written backward + Penalty.add_gradient_),
+    deterministic, run until the objective's gradient vanishes, not for a fixed short budget.
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 3, generator=g, dtype=F64)
+    y = torch.sin(x.sum(1, keepdim=True)) + 0.1 * torch.randn(30, 1, generator=g, dtype=F64)
+    norms = {}
+    for lam in (0.03, 0.3):
+        model = FeedForward(3, [6], 1, activation="tanh", dtype=F64, seed=0)
+        penalty = Penalty("l2", lam=lam)
+        opt = torch.optim.LBFGS(
+            model.parameters(),
+            max_iter=2000,
+            tolerance_grad=1e-10,
+            tolerance_change=1e-14,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure(model=model, penalty=penalty, opt=opt):
+            opt.zero_grad()
+            loss = mse(model(x), y)
+            loss.backward()
+            penalty.add_gradient_(penalty.parameters(model))
+            return loss.detach() + penalty.value(penalty.parameters(model)).detach()
+
+        opt.step(closure)
+        closure()
+        grad = max(p.grad.abs().max().item() for p in model.parameters())
+        assert grad < 1e-6, f"lam={lam} did not converge (max |grad| = {grad:.2e})"
+        norms[lam] = l2sq(model.weights())
+    assert norms[0.3] < 0.5 * norms[0.03]
+
+
+# --- closed forms on scikit-learn's diabetes data ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    """X standardised column-wise with the full-data mean/std; y centred and divided by its std.
+
+    Shipped with scikit-learn: nothing is downloaded.
+    """
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    y = (y - y.mean()) / y.std()
+    return x, y
+
+
+def full_batch_gd(x: np.ndarray, y: np.ndarray, penalty: Penalty, extra_l: float, tol: float):
+    """Full-batch (proximal) gradient descent on a linear model, every step through ffn.
+
+    Step 1/L with L = 2 lambda_max([X 1]^T [X 1] / n) (+ extra_l for a smooth penalty), the
+    Lipschitz constant of the data term's gradient. Runs until the parameters stop moving.
+    """
+    n, d = x.shape
+    design = np.hstack([x, np.ones((n, 1))])
+    lipschitz = 2 * np.linalg.eigvalsh(design.T @ design / n).max() + extra_l
+    xt, yt = torch.tensor(x), torch.tensor(y).unsqueeze(1)
+    model = FeedForward(d, [], 1, activation="identity", dtype=F64, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=1 / lipschitz)
+    params = list(model.parameters())
+    iterations, moved = 0, float("inf")
+    while moved >= tol and iterations < 20_000:
+        before = [p.detach().clone() for p in params]
+        opt.zero_grad()
+        mse(model(xt), yt).backward()
+        penalty.add_gradient_(penalty.parameters(model))
+        opt.step()
+        penalty.proximal_step_(opt, penalty.parameters(model))
+        moved = max((p - q).abs().max().item() for p, q in zip(params, before, strict=True))
+        iterations += 1
+    (layer,) = model.layers
+    return layer.weight.detach().squeeze(1).numpy(), layer.bias.item(), iterations
+
+
+def test_l1_proximal_reaches_sklearn_lasso_with_the_same_exact_zeros(diabetes):
+    """sklearn's Lasso minimises (1/(2n))||y - Xw - b||^2 + alpha ||w||_1. Twice that is ours,
+    (1/n)||y - Xw - b||^2 + lam ||w||_1, with lam = 2 alpha; the intercept is unpenalised in both.
+    """
+    from sklearn.linear_model import Lasso
+
+    x, y = diabetes
+    alpha = 0.1
+    reference = Lasso(alpha=alpha, tol=1e-12, max_iter=10**6).fit(x, y)
+    zeros = reference.coef_ == 0
+    assert 3 <= zeros.sum() < len(zeros)  # several exact zeros, and something left to fit
+
+    start = time.perf_counter()
+    w, b, iterations = full_batch_gd(x, y, Penalty("l1", lam=2 * alpha), extra_l=0.0, tol=1e-15)
+    elapsed = time.perf_counter() - start
+    assert iterations < 20_000, "ISTA did not settle"
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    np.testing.assert_allclose(w, reference.coef_, rtol=0, atol=1e-6)
+    assert b == pytest.approx(reference.intercept_, abs=1e-6)
+    np.testing.assert_array_equal(w == 0, zeros)  # the very same exact zeros
+
+
+def test_l1_subgradient_gives_no_exact_zeros(diabetes):
+    """The contrast the proximal method exists for: subgradient steps only hover around zero."""
+    x, y = diabetes
+    xt, yt = torch.tensor(x), torch.tensor(y).unsqueeze(1)
+    model = FeedForward(x.shape[1], [], 1, activation="identity", dtype=F64, seed=0)
+    penalty = Penalty("l1", lam=0.2, method="subgradient")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(300):
+        opt.zero_grad()
+        mse(model(xt), yt).backward()
+        penalty.add_gradient_(penalty.parameters(model))
+        opt.step()
+    assert (model.layers[0].weight != 0).all()
+
+
+def test_l2_reaches_the_ridge_closed_form(diabetes):
+    x, y = diabetes
+    n, d = x.shape
+    lam = 0.1
+    # Our objective: J(w, b) = (1/n)||y - Xw - b 1||^2 + lam ||w||^2  (b unpenalised).
+    #   dJ/db = -(2/n) 1^T (y - Xw - b 1) = 0  =>  b = mean(y) - mean(X) w,
+    #   so J = (1/n)||yc - Xc w||^2 + lam ||w||^2 with Xc, yc the centred data, and
+    #   dJ/dw = -(2/n) Xc^T (yc - Xc w) + 2 lam w = 0
+    #   =>  (Xc^T Xc / n + lam I) w = Xc^T yc / n.
+    xc, yc = x - x.mean(0), y - y.mean()
+    w_star = np.linalg.solve(xc.T @ xc / n + lam * np.eye(d), xc.T @ yc / n)
+    b_star = y.mean() - x.mean(0) @ w_star
+
+    start = time.perf_counter()
+    # the penalty adds 2 lam to the gradient's Lipschitz constant
+    w, b, iterations = full_batch_gd(x, y, Penalty("l2", lam=lam), extra_l=2 * lam, tol=1e-14)
+    elapsed = time.perf_counter() - start
+    assert iterations < 20_000 and elapsed < 10
+    np.testing.assert_allclose(w, w_star, rtol=0, atol=1e-6)
+    assert b == pytest.approx(b_star, abs=1e-6)
