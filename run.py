@@ -5,7 +5,6 @@ from omegaconf import DictConfig
 
 from ffn import cli_errors
 from ffn.config import register_configs
-from ffn.job import run_job
 
 register_configs()
 cli_errors.install()
@@ -13,6 +12,9 @@ cli_errors.install()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    # Imported here: torch and friends take seconds, which --help and a typo should not cost.
+    from ffn.job import run_job
+
     return run_job(cfg)
 
 

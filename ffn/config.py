@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from ffn.data import DatasetConfig
+from ffn.data.config import DatasetConfig
 from ffn.errors import ConfigError
 
 # OmegaConf's structured configs want typing.Optional / List spelled out, so no `X | None` here.
@@ -111,11 +112,35 @@ def register_configs() -> None:
 
 
 DTYPES = ("float32", "float64")
-OPTIMIZED_METRICS = ("val/loss", "val/accuracy", "val/r2", "train/objective", "test/loss")
+SPLITS = ("train", "val", "test")
+METRICS = (
+    "loss",
+    "accuracy",
+    "r2",
+    "objective",
+    "penalty",
+)  # accuracy: classification, r2: regression
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which scikit-learn uses, takes no more
+
+
+def check_schema(cfg: DictConfig) -> None:
+    """Refuse keys the schema lacks, even those a `+key=value` override slipped past Hydra."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    try:
+        OmegaConf.merge(OmegaConf.structured(Config), container)
+    except (ConfigAttributeError, ConfigKeyError) as error:
+        section = error.full_key.rpartition(".")[0]
+        node = OmegaConf.select(OmegaConf.structured(Config), section) if section else None
+        keys = sorted(node.keys()) if node is not None else sorted(Config.__dataclass_fields__)
+        value = OmegaConf.select(cfg, error.full_key)
+        raise ConfigError(error.full_key, value, "a known key: " + ", ".join(keys)) from None
+    except ValidationError as error:
+        raise ConfigError(error.full_key, error.value, error.msg.splitlines()[0]) from None
 
 
 def validate(cfg: DictConfig | Any) -> None:
     """Range checks the types cannot express; raises ConfigError on the first bad value."""
+    check_schema(cfg)
     _positive("optimizer.lr", cfg.optimizer.lr)
     for key in ("momentum", "dampening", "eps", "weight_decay"):
         value = cfg.optimizer.get(key)
@@ -135,10 +160,12 @@ def validate(cfg: DictConfig | Any) -> None:
             raise ConfigError(f"trainer.{key}", t[key], "an integer >= 0")
     if t.num_threads is not None and t.num_threads < 1:
         raise ConfigError("trainer.num_threads", t.num_threads, "null or an integer >= 1")
-    if cfg.optimized_metric not in OPTIMIZED_METRICS:
-        raise ConfigError(
-            "optimized_metric", cfg.optimized_metric, "one of " + ", ".join(OPTIMIZED_METRICS)
-        )
+    if not 0 <= t.seed <= MAX_SEED:
+        raise ConfigError("trainer.seed", t.seed, f"an integer in [0, {MAX_SEED}]")
+    split, _, name = cfg.optimized_metric.partition("/")
+    if split not in SPLITS or name not in METRICS:
+        allowed = f"SPLIT/NAME with SPLIT in {', '.join(SPLITS)} and NAME in {', '.join(METRICS)}"
+        raise ConfigError("optimized_metric", cfg.optimized_metric, allowed)
 
 
 def _positive(key: str, value: float) -> None:

@@ -118,7 +118,7 @@ def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> tuple[Tenso
 def softmax_cross_entropy_backward(probs: Tensor, target: Tensor) -> Tensor:
     """d loss / d logits = (softmax(z) - onehot(y)) / n.  probs: (n, M) -> (n, M)."""
     # p / n, then -1 / n added at each label in place: two kernels, where indexing costs several.
-    n = len(target)
+    n = target.shape[0]  # not len(): Tensor.__len__ is a Python-level wrapper
     return (probs / n).scatter_(1, target.unsqueeze(1), -1.0 / n, reduce="add")
 
 

@@ -59,14 +59,18 @@ def session_end_summary(status: str) -> Summary:
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, HParamValue]:
-    """{"model": {"hidden": [64]}} -> {"model.hidden": "[64]"}; None -> "null"."""
+    """{"model": {"hidden": [64]}} -> {"model.hidden": "[64]"}; None values are left out.
+
+    Left out rather than written as "null": a column must keep one type across runs, and a key
+    that is a number in one run and unset in another would otherwise mix numbers and text.
+    """
     flat: dict[str, HParamValue] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flat.update(flatten(value, name + "."))
         elif value is None:
-            flat[name] = "null"
+            continue
         elif isinstance(value, (bool, int, float, str)):
             flat[name] = value
         else:

@@ -61,6 +61,7 @@ def resumed_config(run_dir: Path) -> tuple[DictConfig, dict[str, Any]]:
 def run_job(cfg: DictConfig) -> float:
     """Train one configuration; returns `optimized_metric` (NaN unless the run completed)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.json"
     started = time.time()
     try:
@@ -76,7 +77,11 @@ def run_job(cfg: DictConfig) -> float:
         if not cfg.trainer.resume or metrics_path.exists():
             write_json_atomic(
                 metrics_path,
-                {"status": "failed", "error": str(error), "wall_time_s": time.time() - started},
+                {
+                    "status": "failed",
+                    "error": str(error),
+                    "wall_time_s": round(time.time() - started, 3),
+                },
             )
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed job and the sweep carries on

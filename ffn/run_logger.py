@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from ffn import figures
 from ffn.hparams import HParamValue, session_end_summary, session_start_summary
 from ffn.model import FeedForward
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # A sigmoid unit is saturated when its output is within this of 0 or 1 (tanh: of -1 or 1):
 # there g' < 0.01 (tanh: < 0.02), and gradients through it all but vanish.
@@ -61,7 +63,7 @@ class RunLogger:
             if t is not None and t.numel() and bool(torch.isfinite(t).all()):
                 self.writer.add_histogram(tag, t.detach().cpu().double(), step, bins="auto")
 
-    def figure(self, tag: str, fig: plt.Figure, step: int, save_to: Path | None = None) -> None:
+    def figure(self, tag: str, fig: Figure, step: int, save_to: Path | None = None) -> None:
         """Into TensorBoard, and as a PNG in the run folder when `save_to` is given."""
         if save_to is not None:
             save_to.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,8 @@ class RunLogger:
         run_dir: Path,
     ) -> None:
         """Confusion matrix or predicted-vs-true on the test split; decision regions in 2-D."""
+        from ffn import figures  # matplotlib, only when figures are drawn
+
         folder = run_dir / "figures"
         if task == "classification":
             fig = figures.confusion_matrix_figure(out, y, out.shape[1])

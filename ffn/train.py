@@ -153,6 +153,10 @@ class Run:
             cfg.dataset, seed=t.seed, device=self.device, dtype=DTYPES[t.dtype]
         )
         self.task, self.score = self.data.task, metric_name(self.data.task)
+        other = "r2" if self.score == "accuracy" else "accuracy"
+        if cfg.optimized_metric.endswith("/" + other):
+            allowed = f"a metric of a {self.task} dataset: val/loss, val/{self.score}, ..."
+            raise ConfigError("optimized_metric", cfg.optimized_metric, allowed)
         self.model = build_model(cfg, self.data, self.device, DTYPES[t.dtype])
         self.penalty = Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True))
         self.penalised = self.penalty.parameters(self.model)

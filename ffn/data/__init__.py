@@ -4,8 +4,23 @@
 for classification) and standardised with statistics of the train part only.
 """
 
+from importlib import import_module
+from typing import Any
+
 from ffn.data.config import DatasetConfig
-from ffn.data.dataset import Dataset
-from ffn.data.load import DATASETS, load_dataset
 
 __all__ = ["DATASETS", "Dataset", "DatasetConfig", "load_dataset"]
+
+# The schema alone is imported eagerly (the config needs it before anything runs); the loaders
+# bring scikit-learn and torch, seconds of imports that `--help` should not pay.
+_LAZY = {
+    "DATASETS": "ffn.data.load",
+    "load_dataset": "ffn.data.load",
+    "Dataset": "ffn.data.dataset",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ffn.data' has no attribute {name!r}")

@@ -1,0 +1,169 @@
+"""The sweep callback: every job runs, every failure is recorded, and a summary ends the sweep.
+
+Registered in conf/config.yaml under `hydra.callbacks`. Hydra's own handling of a failed job
+does not fit a sweep whose jobs may raise or diverge:
+
+- the basic sweeper re-raises the first job's exception after its batch, so later batches and
+  `on_multirun_end` never run. Here a job that raised is handed back to the sweeper as a
+  finished job returning NaN; the sweep goes on and exits with status 1 at the end, naming the
+  jobs that failed;
+- the Optuna sweeper crashes on a NaN objective (hydra-optuna-sweeper 1.2/1.3 tells the study
+  the value twice). Under it, a NaN (a diverged job) is handed back as a failed job instead:
+  Optuna records a failed trial, and `max_failure_rate` decides whether the study stops.
+
+A failed job also gets its traceback in its own log, `status: failed` in its metrics.json and an
+HParams session ending in failure, so it shows in TensorBoard like any other run.
+On joblib's launcher each job's torch threads are set so that n_jobs x threads fits the cores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from ffn.report import Summary, to_markdown, write_report
+
+log = logging.getLogger(__name__)
+
+
+class JobDiverged(RuntimeError):
+    """What the Optuna sweeper is handed for a diverged job, so that it fails the trial."""
+
+
+class SummaryCallback(Callback):
+    """Hydra callback: per-job failure handling, and summary.csv/.md/.png at the end of a sweep."""
+
+    def __init__(self, plot: bool = True, exit_on_failure: bool = True) -> None:
+        self.plot = plot
+        self.exit_on_failure = exit_on_failure
+        self._job_started = time.time()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._job_started = time.time()
+        if "JoblibLauncher" in str(config.hydra.launcher.get("_target_", "")):
+            set_threads_for_parallel_jobs(config)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        run_dir = Path(config.hydra.runtime.output_dir)
+        if job_return.status == JobStatus.FAILED:
+            try:
+                record_failure(run_dir, job_return, time.time() - self._job_started)
+            except Exception as error:  # a record that cannot be written must not stop the sweep
+                log.warning("could not record the failure in %s: %r", run_dir, error)
+        if config.hydra.mode == RunMode.MULTIRUN:
+            hand_back(job_return, optuna="optuna" in str(config.hydra.sweeper._target_).lower())
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        summary = write_report(sweep_dir, metric=config.get("optimized_metric"), plot=self.plot)
+        # print, not log: the last job's log file is still attached to the root logger here
+        print(to_markdown(summary), end="", flush=True)
+        written = ["summary.csv", "summary.md"] + (["summary.png"] if self.plot else [])
+        print(f"written to {sweep_dir}: {', '.join(written)}", flush=True)
+        if summary.failed:
+            print(failure_report(summary), file=sys.stderr, flush=True)
+            if self.exit_on_failure:
+                sys.exit(1)
+
+
+def hand_back(job_return: JobReturn, optuna: bool) -> None:
+    """Make the job's return something the sweeper carries on from (see the module docstring)."""
+    if optuna:
+        value = job_return._return_value
+        if job_return.status == JobStatus.COMPLETED and _is_nan(value):
+            job_return.status = JobStatus.FAILED
+            job_return.return_value = JobDiverged(f"diverged: {' '.join(job_return.overrides)}")
+    elif job_return.status == JobStatus.FAILED:
+        job_return.status = JobStatus.COMPLETED
+        job_return.return_value = math.nan
+
+
+def record_failure(run_dir: Path, job_return: JobReturn, wall_time_s: float) -> None:
+    """Traceback into the job's log, `failed` into metrics.json and TensorBoard's HParams."""
+    from ffn.job import hyperparameters, write_json_atomic
+    from ffn.run_logger import RunLogger
+
+    error = job_return._return_value
+    log.error(
+        "job failed: %s",
+        " ".join(job_return.overrides or []),
+        exc_info=(type(error), error, error.__traceback__),
+    )
+    metrics_path = run_dir / "metrics.json"
+    record = _read_json(metrics_path)
+    if record.get("status") != "failed":
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        record.update(
+            status="failed",
+            error=f"{type(error).__name__}: {first_line}",
+            wall_time_s=round(wall_time_s, 3),
+        )
+        write_json_atomic(metrics_path, record)
+    # A run that failed before training has no event file yet: give it its hyperparameters.
+    started = any(run_dir.glob("events.out.tfevents.*"))
+    logger = RunLogger(run_dir)
+    try:
+        if not started and job_return.cfg is not None:
+            logger.hparams_start(hyperparameters(job_return.cfg))
+        logger.hparams_end("failed")
+    finally:
+        logger.close()
+
+
+def set_threads_for_parallel_jobs(config: DictConfig) -> None:
+    """torch threads = cores // n_jobs when `trainer.num_threads` is null; warn if it overbooks."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    n_jobs = int(config.hydra.launcher.get("n_jobs") or 1)
+    if n_jobs < 0:  # joblib: -1 is every core, -2 all but one, ...
+        n_jobs = max(cores + 1 + n_jobs, 1)
+    fair = max(cores // n_jobs, 1)
+    asked = config.get("trainer", {}).get("num_threads")
+    if asked is None:
+        torch.set_num_threads(fair)
+        log.info("torch threads: %d (%d cores, %d parallel jobs)", fair, cores, n_jobs)
+    elif asked * n_jobs > cores:
+        log.warning(
+            "trainer.num_threads=%d x %d parallel jobs > %d cores: set trainer.num_threads=%d",
+            asked,
+            n_jobs,
+            cores,
+            fair,
+        )
+
+
+def failure_report(summary: Summary) -> str:
+    """`ffn: 2 of 9 jobs failed:` and one line each: folder, overrides, error."""
+    lines = [f"ffn: {len(summary.failed)} of {len(summary.runs)} jobs failed:"]
+    for run in summary.failed:
+        overrides = " ".join(f"{k}={v}" for k, v in run.overrides.items())
+        reason = run.error or "no record of how it ended (killed?)"
+        lines.append(f"  {run.path}: {overrides}: {reason}")
+    return "\n".join(lines)
+
+
+def _is_nan(value: Any) -> bool:
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,167 @@
+"""The optional launchers and sweeper, run for real: joblib, submitit_local and an Optuna search.
+
+Each needs its extra (`pip install -e ".[parallel,slurm,optuna]"`, all in `.[test]`); a missing
+plugin skips its test. The Slurm preset is only composed and instantiated: no cluster here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from ffn.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "dataset=iris",
+    "trainer.max_epochs=2",
+    "trainer.histogram_every=0",
+    "trainer.figures=false",
+    "trainer.progress=false",
+]
+
+
+def run_ffn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def statuses(sweep_dir: Path, n: int) -> list[str]:
+    return [
+        json.loads((sweep_dir / str(i) / "metrics.json").read_text())["status"] for i in range(n)
+    ]
+
+
+def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def event_file_pid(run_dir: Path) -> str:
+    """events.out.tfevents.<time>.<host>.<pid>.<n>: the process that trained the run."""
+    return next(run_dir.glob("events.out.tfevents.*")).name.split(".")[-2]
+
+
+@pytest.mark.slow
+def test_joblib_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    proc = run_ffn(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *TINY,
+        "trainer.num_threads=null",  # let the callback share the cores out
+        "optimizer.lr=0.05,1e30,-1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert proc.returncode == 1, proc.stderr  # the lr=-1 job failed, the others ran
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    assert statuses(tmp_path, 3) == ["completed", "diverged", "failed"]
+    assert "1 of 3 jobs failed" in proc.stderr
+    assert "Traceback" in (tmp_path / "2" / "run.log").read_text()
+    assert event_file_pid(tmp_path / "0") != str(os.getpid())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max((cores or 1) // 2, 1)
+    for n in (0, 1):
+        log = (tmp_path / str(n) / "run.log").read_text()
+        assert f"torch threads: {threads} ({cores} cores, 2 parallel jobs)" in log
+    assert [r["status"] for r in summary_rows(tmp_path)] == ["completed", "diverged", "failed"]
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_each_job_as_its_own_process(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    proc = run_ffn(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=5",
+        *TINY,
+        "optimizer.lr=0.05,-1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert statuses(tmp_path, 2) == ["completed", "failed"]
+    assert (tmp_path / ".submitit").is_dir()
+    assert event_file_pid(tmp_path / "0") != str(os.getpid())
+    rows = summary_rows(tmp_path)  # .submitit/ holds no runs of its own
+    assert [(r["optimizer.lr"], r["status"]) for r in rows] == [
+        ("0.05", "completed"),
+        ("-1", "failed"),
+    ]
+
+
+def test_slurm_preset_builds_a_slurm_launcher() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu"
+    assert launcher.gpus_per_node == 1
+    assert launcher.timeout_min > 0
+    built = instantiate(launcher)  # stores the parameters; submits nothing
+    assert built.params["partition"] == "gpu"
+
+
+@pytest.mark.slow
+def test_optuna_search_survives_diverged_and_failed_trials(tmp_path: Path) -> None:
+    """hparams_search=digits on iris, six trials of lr in {0.05, 1e30, -1}, stored in sqlite.
+
+    With the preset's seed the six trials include all three outcomes; the study keeps going,
+    Optuna's value for each finished trial is what the job returned (its metrics.json's
+    optimized_metric), and diverged or failed jobs are failed trials.
+    """
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    optuna = pytest.importorskip("optuna")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    sweep_dir = tmp_path / "sweep"
+    proc = run_ffn(
+        "hparams_search=digits",  # hydra.mode=MULTIRUN: no -m
+        *TINY,
+        "model=relu",
+        "hydra.sweeper.n_trials=6",
+        "optimizer.lr=choice(0.05,1e30,-1)",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert proc.returncode == 1, proc.stderr  # some trials raised (lr=-1)
+    found = statuses(sweep_dir, 6)
+    assert {"completed", "diverged", "failed"} <= set(found), found
+
+    study = optuna.load_study(study_name="digits", storage=storage)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert len(trials) == 6
+    for n, trial in enumerate(trials):
+        record = json.loads((sweep_dir / str(n) / "metrics.json").read_text())
+        if record["status"] == "completed":
+            assert trial.state == optuna.trial.TrialState.COMPLETE
+            assert trial.value == pytest.approx(record["metrics"]["val/accuracy"], rel=1e-12)
+        else:
+            assert trial.state == optuna.trial.TrialState.FAIL, (n, record["status"])
+    results = (sweep_dir / "optimization_results.yaml").read_text()
+    assert f"best_value: {study.best_value}" in results
+
+    rows = summary_rows(sweep_dir)
+    assert len(rows) == 6
+    assert float(rows[0]["val/accuracy"]) == pytest.approx(study.best_value, rel=1e-12)
+    assert "optimizer.lr" in rows[0]

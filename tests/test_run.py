@@ -1,0 +1,420 @@
+"""`python run.py` end to end, in a subprocess: the run folder, TensorBoard, stopping, bad input.
+
+Runs that several tests read are made once per module; independent runs go two at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import api_pb2, metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+# What the short run is made of: the determinism runs repeat it exactly
+SHORT = ("trainer.max_epochs=3", "trainer.histogram_every=1", "trainer.device=cpu")
+QUIET = ("trainer.histogram_every=0", "trainer.figures=false")
+HAS_CUDA = torch.cuda.is_available()
+
+
+class Run:
+    """A finished `python run.py` and the folder it wrote."""
+
+    def __init__(self, folder: Path, proc: subprocess.CompletedProcess[str], seconds: float):
+        self.folder, self.proc, self.seconds = folder, proc, seconds
+
+    @property
+    def metrics_json(self) -> dict:
+        """metrics.json, refusing NaN/Infinity, which are not JSON."""
+        text = (self.folder / "metrics.json").read_text()
+        return json.loads(text, parse_constant=_refuse_constant)
+
+    def events(self) -> event_accumulator.EventAccumulator:
+        """The run's one event file, read back by TensorBoard's own reader, nothing dropped."""
+        files = sorted(self.folder.glob("events.out.tfevents.*"))
+        assert len(files) == 1, files
+        guidance = dict.fromkeys(event_accumulator.DEFAULT_SIZE_GUIDANCE, 0)
+        acc = event_accumulator.EventAccumulator(str(files[0]), size_guidance=guidance)
+        acc.Reload()
+        return acc
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"metrics.json holds {name}")
+
+
+def run_cli(folder: Path, *overrides: str, timeout: float = 300) -> Run:
+    """`python run.py OVERRIDES hydra.run.dir=folder` from the repo root."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "run.py", *overrides, f"hydra.run.dir={folder}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Run(folder, proc, time.perf_counter() - started)
+
+
+def run_many(base: Path, runs: dict[str, Iterable[str]], workers: int = 2) -> dict[str, Run]:
+    """Several independent runs, `workers` at a time; folder base/NAME for each."""
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {name: pool.submit(run_cli, base / name, *o) for name, o in runs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def completed_ok(run: Run) -> dict:
+    """metrics.json of a run that must have exited 0; the process output if not."""
+    assert run.proc.returncode == 0, run.proc.stderr[-3000:]
+    return run.metrics_json
+
+
+def values(acc: event_accumulator.EventAccumulator, tag: str) -> list[float]:
+    return [event.value for event in acc.Scalars(tag)]
+
+
+def steps(acc: event_accumulator.EventAccumulator, tag: str) -> list[int]:
+    return [event.step for event in acc.Scalars(tag)]
+
+
+def tags_like(names: Iterable[str], prefix: str) -> list[str]:
+    return sorted(name for name in names if name.startswith(prefix))
+
+
+def hparams_info(acc: event_accumulator.EventAccumulator):
+    """The HParams plugin's session start and end records."""
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+    return start, end
+
+
+# ---------------------------------------------------------------- the short default run
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return run_cli(tmp_path_factory.mktemp("short") / "run", *SHORT)
+
+
+@pytest.fixture(scope="module")
+def short_events(short_run: Run) -> event_accumulator.EventAccumulator:
+    completed_ok(short_run)
+    return short_run.events()
+
+
+def test_short_run_leaves_a_complete_folder(short_run: Run) -> None:
+    result = completed_ok(short_run)
+    folder = short_run.folder
+    config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+    assert config["trainer"]["max_epochs"] == 3
+    assert config["model"]["activation"] == "relu"
+    overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
+    assert set(SHORT) <= set(overrides)
+    log = (folder / "run.log").read_text()  # the job log, named after run.py
+    assert "completed" in log
+    assert result["status"] == "completed"
+    assert result["stop_reason"] == "max_epochs"
+    assert result["epochs"] == 3
+    assert result["wall_time_s"] > 0
+    metrics = result["metrics"]
+    for split in ("train", "val", "test"):
+        for name in ("loss", "accuracy"):
+            value = metrics[f"{split}/{name}"]
+            assert value is not None and math.isfinite(value), (split, name)
+    assert 0 <= metrics["test/accuracy"] <= 1
+    assert list(folder.glob("events.out.tfevents.*"))
+
+
+def test_short_run_logs_every_scalar_each_epoch(short_events) -> None:
+    scalars = short_events.Tags()["scalars"]
+    per_epoch = [
+        "train/loss",
+        "train/accuracy",
+        "train/penalty",
+        "train/objective",
+        "val/loss",
+        "val/accuracy",
+        "train/lr",
+    ]
+    layer_tags = [
+        tags_like(scalars, prefix)
+        for prefix in ("grad_norm/layer_", "weight_norm/layer_", "sparsity/layer_")
+    ]
+    # relu, one hidden layer of 128: two weight matrices, one activation
+    assert all(len(tags) == 2 for tags in layer_tags), layer_tags
+    assert tags_like(scalars, "dead/layer_") == ["dead/layer_0"]
+    assert not tags_like(scalars, "saturated/")
+    for tag in per_epoch + sum(layer_tags, ["dead/layer_0"]):
+        assert steps(short_events, tag) == [1, 2, 3], tag
+        assert all(math.isfinite(v) for v in values(short_events, tag)), tag
+    for tag in tags_like(scalars, "sparsity/") + tags_like(scalars, "dead/"):
+        assert all(0 <= v <= 1 for v in values(short_events, tag)), tag
+    # no penalty: nothing pushes a weight to exactly zero
+    assert all(v == 0 for tag in layer_tags[2] for v in values(short_events, tag))
+    assert values(short_events, "train/penalty") == [0, 0, 0]
+
+
+def test_short_run_logs_histograms_figures_and_config(short_run: Run, short_events) -> None:
+    tags = short_events.Tags()
+    for prefix in ("weights/layer_", "grads/layer_", "preactivations/layer_"):
+        found = tags_like(tags["histograms"], prefix)
+        assert found, prefix
+        for tag in found:  # histogram_every=1: every epoch
+            assert [e.step for e in short_events.Histograms(tag)] == [1, 2, 3], tag
+    assert "figures/confusion_matrix" in tags["images"]
+    text = short_events.PluginTagToContent("text")
+    assert any(tag.startswith("config") for tag in text), text
+    config_tag = next(tag for tag in tags["tensors"] if tag.startswith("config"))
+    logged = short_events.Tensors(config_tag)[0].tensor_proto.string_val[0].decode()
+    assert "max_epochs: 3" in logged
+    assert (short_run.folder / "figures" / "confusion_matrix.png").is_file()
+
+
+def test_short_run_hparams_session(short_events) -> None:
+    start, end = hparams_info(short_events)
+    hp = start.hparams
+    assert hp["model.activation"].string_value == "relu"
+    assert hp["model.hidden"].string_value == "[128]"
+    assert hp["penalty.lam"].number_value == 0
+    assert hp["optimizer.lr"].number_value == pytest.approx(3e-3)
+    assert hp["trainer.max_epochs"].number_value == 3
+    assert hp["model"].string_value == "relu"  # the group choice
+    assert hp["dataset"].string_value == "digits"
+    assert end.status == api_pb2.STATUS_SUCCESS
+
+
+def test_scalars_agree_with_metrics_json(short_run: Run, short_events) -> None:
+    metrics = short_run.metrics_json["metrics"]
+    for tag in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "train/objective"):
+        assert values(short_events, tag)[-1] == pytest.approx(metrics[tag], rel=1e-6), tag
+    for tag in ("test/loss", "test/accuracy"):
+        assert steps(short_events, tag) == [3]
+        assert values(short_events, tag)[-1] == pytest.approx(metrics[tag], rel=1e-6), tag
+    # train/lr is the rate each epoch used: cosine over 3 epochs from adam's 3e-3
+    expected = [3e-3 * (1 + math.cos(math.pi * k / 3)) / 2 for k in range(3)]
+    assert values(short_events, "train/lr") == pytest.approx(expected, rel=1e-6)
+
+
+# ---------------------------------------------------------------- other tasks and activations
+
+
+@pytest.fixture(scope="module")
+def task_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    epochs = ("trainer.max_epochs=2", "trainer.histogram_every=0")
+    return run_many(
+        tmp_path_factory.mktemp("tasks"),
+        {
+            "diabetes": ("dataset=diabetes", "model=sigmoid", *epochs),
+            "moons": ("dataset=moons", "dataset.n_samples=300", "model=tanh", *epochs),
+        },
+    )
+
+
+@pytest.mark.slow
+def test_regression_logs_r2_and_predicted_vs_true(task_runs: dict[str, Run]) -> None:
+    run = task_runs["diabetes"]
+    metrics = completed_ok(run)["metrics"]
+    assert math.isfinite(metrics["test/r2"]) and "test/accuracy" not in metrics
+    acc = run.events()
+    tags = acc.Tags()
+    assert steps(acc, "val/r2") == [1, 2]
+    assert "val/accuracy" not in tags["scalars"]
+    assert "figures/predicted_vs_true" in tags["images"]
+    assert "figures/confusion_matrix" not in tags["images"]
+    assert (run.folder / "figures" / "predicted_vs_true.png").is_file()
+    # sigmoid saturates rather than dies
+    assert tags_like(tags["scalars"], "saturated/layer_") == ["saturated/layer_0"]
+    assert not tags_like(tags["scalars"], "dead/")
+
+
+@pytest.mark.slow
+def test_two_dimensional_classification_logs_decision_regions(task_runs: dict[str, Run]) -> None:
+    run = task_runs["moons"]
+    completed_ok(run)
+    acc = run.events()
+    tags = acc.Tags()
+    assert {"figures/confusion_matrix", "figures/decision_regions"} <= set(tags["images"])
+    assert (run.folder / "figures" / "decision_regions.png").is_file()
+    assert tags_like(tags["scalars"], "saturated/layer_") == ["saturated/layer_0"]
+
+
+# ---------------------------------------------------------------- determinism
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics_other_seed_other_metrics(short_run: Run, tmp_path: Path) -> None:
+    runs = run_many(tmp_path, {"same": SHORT, "other": (*SHORT, "trainer.seed=1")})
+    first = completed_ok(short_run)
+    same, other = completed_ok(runs["same"]), completed_ok(runs["other"])
+    # Determinism is bitwise by definition: exact equality is the point here
+    assert same["metrics"] == first["metrics"]
+    assert (same["epochs"], same["steps"]) == (first["epochs"], first["steps"])
+    assert other["metrics"]["train/loss"] != first["metrics"]["train/loss"]
+    assert other["metrics"] != first["metrics"]
+
+
+# ---------------------------------------------------------------- penalties, optimizers, stopping
+
+
+@pytest.fixture(scope="module")
+def rule_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    return run_many(
+        tmp_path_factory.mktemp("rules"),
+        {
+            # sgd's larger rate makes the soft-threshold eta*lam big enough to zero weights
+            "l1": ("model=relu", "penalty=l1", "penalty.lam=0.01", "optimizer=sgd",
+                   "trainer.max_epochs=3", *QUIET),
+            "gd": ("optimizer=gd", "trainer.max_epochs=3", *QUIET),
+            # any change is under a huge tolerance: stops once patience epochs were calm
+            "rel_tol": ("trainer.rel_tol=1e9", "trainer.patience=2", "trainer.max_epochs=20",
+                        *QUIET),
+            "grad_tol": ("trainer.grad_tol=1e9", "trainer.max_epochs=20", *QUIET),
+            # a large constant rate on digits: val/loss is best early, then worse
+            "early_stopping": ("trainer.early_stopping=2", "optimizer.lr=0.03",
+                               "schedule=constant", "trainer.max_epochs=50", *QUIET),
+        },
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_l1_proximal_gives_exact_zeros(rule_runs: dict[str, Run]) -> None:
+    run = rule_runs["l1"]
+    metrics = completed_ok(run)["metrics"]
+    assert metrics["train/penalty"] > 0
+    acc = run.events()
+    sparsity = [values(acc, tag)[-1] for tag in tags_like(acc.Tags()["scalars"], "sparsity/")]
+    assert max(sparsity) > 0.01, sparsity
+    start, _ = hparams_info(acc)
+    assert start.hparams["penalty.lam"].number_value == pytest.approx(0.01)
+    assert start.hparams["penalty"].string_value == "l1"
+
+
+@pytest.mark.slow
+def test_gd_takes_one_full_batch_step_per_epoch(rule_runs: dict[str, Run]) -> None:
+    result = completed_ok(rule_runs["gd"])
+    assert result["epochs"] == 3
+    assert result["steps"] == result["epochs"]
+
+
+@pytest.mark.slow
+def test_rel_tol_stops_as_converged(rule_runs: dict[str, Run]) -> None:
+    result = completed_ok(rule_runs["rel_tol"])
+    assert (result["status"], result["stop_reason"]) == ("completed", "converged")
+    assert result["epochs"] == 3  # epoch 1 has nothing to compare; epochs 2 and 3 calm
+
+
+@pytest.mark.slow
+def test_grad_tol_stops_at_once(rule_runs: dict[str, Run]) -> None:
+    result = completed_ok(rule_runs["grad_tol"])
+    assert (result["status"], result["stop_reason"]) == ("completed", "grad_tol")
+    assert result["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_early_stopping_keeps_the_best_model(rule_runs: dict[str, Run]) -> None:
+    run = rule_runs["early_stopping"]
+    result = completed_ok(run)
+    assert (result["status"], result["stop_reason"]) == ("completed", "early_stopping")
+    assert 3 <= result["epochs"] < 50
+    acc = run.events()
+    val = values(acc, "val/loss")
+    assert len(val) == result["epochs"]
+    best = val.index(min(val))
+    assert len(val) - 1 - best == 2  # stopped two epochs after the best
+    # the model reported is the best one on val, not the last
+    assert result["metrics"]["val/loss"] == pytest.approx(min(val), rel=1e-6)
+
+
+# ---------------------------------------------------------------- divergence
+
+
+def test_divergence_is_a_result_not_a_crash(tmp_path: Path) -> None:
+    run = run_cli(tmp_path / "run", "optimizer=sgd", "optimizer.lr=1e6", *QUIET)
+    assert run.proc.returncode == 0, run.proc.stderr[-3000:]
+    assert "Traceback" not in run.proc.stderr
+    result = run.metrics_json  # valid JSON: NaN is written as null
+    assert (result["status"], result["stop_reason"]) == ("diverged", "diverged")
+    assert result["metrics"]["train/loss"] is None
+    _, end = hparams_info(run.events())
+    assert end.status == api_pb2.STATUS_FAILURE
+
+
+# ---------------------------------------------------------------- bad input
+
+BAD_DEVICE = f"cuda:{torch.cuda.device_count()}" if HAS_CUDA else "cuda"
+BAD = {
+    # override -> the key the message must name
+    "penalty.lam=-1": "penalty.lam",
+    "optimizer.lr=0": "optimizer.lr",
+    "model.activation=foo": "model.activation",
+    f"trainer.device={BAD_DEVICE}": "trainer.device",
+    "dataset.name=nope": "dataset.name",
+    "optimizer.lr=abc": "optimizer.lr",  # refused by the schema, at composition
+    "model.hiddn=[3]": "model.hiddn",
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    base = tmp_path_factory.mktemp("bad")
+    runs = {override: (override, "trainer.max_epochs=1", *QUIET) for override in BAD}
+    named = dict(zip([f"case{i}" for i in range(len(runs))], runs.values(), strict=True))
+    done = run_many(base, named, workers=3)
+    return dict(zip(runs, done.values(), strict=True))
+
+
+@pytest.mark.parametrize("override", list(BAD))
+def test_bad_input_is_one_line_naming_the_key(override: str, bad_runs: dict[str, Run]) -> None:
+    run = bad_runs[override]
+    assert run.proc.returncode != 0
+    lines = run.proc.stderr.strip().splitlines()
+    assert len(lines) == 1, run.proc.stderr
+    assert "Traceback" not in run.proc.stderr
+    assert BAD[override] in lines[0]
+    if (run.folder / "metrics.json").exists():
+        assert run.metrics_json["status"] != "completed"
+
+
+# ---------------------------------------------------------------- CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_run_trains(device: str, tmp_path: Path) -> None:
+    run = run_cli(tmp_path / "run", f"trainer.device={device}", "trainer.max_epochs=2", *QUIET)
+    result = completed_ok(run)
+    assert result["status"] == "completed"
+    assert all(v is not None and math.isfinite(v) for v in result["metrics"].values())
+
+
+# ---------------------------------------------------------------- the README's promise
+
+
+@pytest.mark.slow
+def test_default_run_is_accurate_and_quick(tmp_path: Path) -> None:
+    run = run_cli(tmp_path / "run")
+    result = completed_ok(run)
+    accuracy = result["metrics"]["test/accuracy"]
+    print(
+        f"default run: test/accuracy={accuracy:.4f}, {run.seconds:.1f} s wall "
+        f"({result['wall_time_s']:.1f} s in the job), {result['epochs']} epochs"
+    )
+    assert result["status"] == "completed"
+    assert accuracy >= 0.97
+    assert run.seconds < 60

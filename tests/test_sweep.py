@@ -1,0 +1,307 @@
+"""Sweeps: a real multirun where one job diverges and others raise, and the summary it leaves.
+
+Also ffn.report on hand-made run folders (ranking, columns, event files instead of metrics.json,
+the command line) and the callback's hand-back of failed and diverged jobs to the sweepers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.core.utils import JobReturn, JobStatus
+
+from ffn import report
+from ffn.report import direction_for, load_run, read_event_files, summarize, write_report
+from ffn.run_logger import RunLogger
+from ffn.sweep import JobDiverged, hand_back
+
+ROOT = Path(__file__).resolve().parents[1]
+# Two epochs on iris, nothing but scalars and HParams
+TINY = [
+    "dataset=iris",
+    "trainer.max_epochs=2",
+    "trainer.histogram_every=0",
+    "trainer.figures=false",
+    "trainer.progress=false",
+]
+
+
+def run_ffn(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def fake_run(
+    folder: Path,
+    overrides: list[str],
+    status: str = "completed",
+    metrics: dict[str, float | None] | None = None,
+    choices: dict[str, str] | None = None,
+    config: dict | None = None,
+    **record: object,
+) -> Path:
+    """A run folder as run_job and Hydra leave it, without training anything."""
+    (folder / ".hydra").mkdir(parents=True)
+    payload = {"status": status, "metrics": metrics or {}, **record}
+    (folder / "metrics.json").write_text(json.dumps(payload))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    hydra = {"hydra": {"runtime": {"choices": choices or {"model": "relu"}}}}
+    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    config = config or {"optimized_metric": "val/loss", "optimizer": {"lr": 0.1}}
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+# ---------------------------------------------------------------------------- ffn.report
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """Four jobs swept over model and lr: two finished, one diverged, one failed."""
+    root = tmp_path / "sweep"
+    fake_run(root / "0", ["model=relu", "optimizer.lr=0.1"], metrics={"val/loss": 0.5}, epochs=3)
+    fake_run(
+        root / "1",
+        ["model=tanh", "optimizer.lr=0.1"],
+        metrics={"val/loss": 0.2, "train/loss": 0.1},
+        choices={"model": "tanh"},
+        epochs=3,
+        wall_time_s=1.5,
+    )
+    fake_run(root / "2", ["model=relu", "optimizer.lr=1e30"], "diverged", {"val/loss": None})
+    fake_run(root / "10", ["model=relu", "optimizer.lr=-1"], "failed", error="ConfigError: lr")
+    (root / "0" / ".hydra" / "metrics.json").write_text("{}")  # hidden folders are not runs
+    return root
+
+
+def test_summary_ranks_best_first_and_failures_last(sweep: Path) -> None:
+    summary = summarize(sweep)
+    assert summary.metric == "val/loss"
+    assert summary.direction == "minimize"
+    assert [run.name for run in summary.runs] == ["1", "0", "2", "10"]
+    assert [run.status for run in summary.runs] == ["completed", "completed", "diverged", "failed"]
+    assert summary.swept == ["model", "optimizer.lr"]
+    assert [run.name for run in summary.failed] == ["10"]
+    assert summary.metric_names == ["val/loss", "train/loss"]
+
+
+def test_summary_maximises_scores() -> None:
+    assert direction_for("val/accuracy") == "maximize"
+    assert direction_for("val/r2") == "maximize"
+    assert direction_for("val/loss") == "minimize"
+    assert direction_for("train/objective") == "minimize"
+
+
+def test_report_files(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_report(sweep, out)
+    rows = read_rows(out / "summary.csv")
+    assert [r["job"] for r in rows] == ["1", "0", "2", "10"]
+    assert rows[0]["model"] == "tanh"
+    assert rows[0]["optimizer.lr"] == "0.1"
+    assert float(rows[0]["val/loss"]) == pytest.approx(0.2)
+    assert rows[0]["wall_time_s"] == "1.5"
+    assert rows[2]["val/loss"] == "nan"  # diverged: not finite
+    assert rows[3]["val/loss"] == ""  # failed: never measured
+    assert rows[3]["error"] == "ConfigError: lr"
+    assert list(rows[0])[:5] == ["rank", "job", "model", "optimizer.lr", "status"]
+    markdown = (out / "summary.md").read_text()
+    assert "| rank | job | model | optimizer.lr | status | val/loss |" in markdown
+    assert "ConfigError: lr" in markdown
+    assert "train/loss" not in markdown  # train metrics are in the CSV only
+    assert (out / "summary.png").stat().st_size > 1000
+
+
+def test_unswept_keys_take_each_run_s_own_value(tmp_path: Path) -> None:
+    """Two sweeps that varied different keys line up: a missing key shows the run's config."""
+    fake_run(
+        tmp_path / "a" / "0", ["model=tanh"], metrics={"val/loss": 1.0}, choices={"model": "tanh"}
+    )
+    fake_run(
+        tmp_path / "b" / "0",
+        ["optimizer.lr=0.5"],
+        metrics={"val/loss": 2.0},
+        choices={"model": "sigmoid"},
+        config={"optimized_metric": "val/loss", "optimizer": {"lr": 0.5}},
+    )
+    summary = summarize(tmp_path)
+    assert summary.swept == ["model", "optimizer.lr"]
+    rows = {row["job"]: row for row in summary.rows()}
+    assert rows["a/0"]["optimizer.lr"] == "0.1"  # from its config.yaml
+    assert rows["b/0"]["model"] == "sigmoid"  # from its group choices
+
+
+def test_report_command_line(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report.main([str(sweep), "--metric", "train/loss", "--no-plot"]) == 0
+    printed = capsys.readouterr().out
+    assert "best train/loss (minimize) first" in printed
+    assert (sweep / "summary.csv").exists()
+    assert not (sweep / "summary.png").exists()
+    rows = read_rows(sweep / "summary.csv")
+    assert rows[0]["job"] == "1"  # the only run with a train/loss
+
+
+def test_report_command_line_refuses_an_empty_folder(tmp_path: Path) -> None:
+    assert report.main([str(tmp_path)]) == 1
+
+
+def test_event_files_stand_in_for_metrics_json(tmp_path: Path) -> None:
+    """A run killed before metrics.json was final is read from its TensorBoard events."""
+    logger = RunLogger(tmp_path)
+    logger.hparams_start({"model": "relu", "optimizer.lr": 0.1})
+    for epoch, loss in enumerate([0.9, 0.5, 0.3], start=1):
+        logger.scalars({"train/loss": loss, "val/loss": loss + 0.1, "train/lr": 0.1}, epoch)
+    logger.scalars({"test/loss": 0.45}, 3)
+    logger.hparams_end("completed")
+    logger.close()
+    (tmp_path / "metrics.json").write_text('{"status": "running"}')
+
+    record = read_event_files(tmp_path)
+    assert record["status"] == "completed"
+    assert record["epochs"] == 3
+    assert record["metrics"] == pytest.approx(
+        {"train/loss": 0.3, "val/loss": 0.4, "test/loss": 0.45}
+    )
+    run = load_run(tmp_path, tmp_path)
+    assert run.status == "completed"
+    assert run.metrics["val/loss"] == pytest.approx(0.4)
+
+
+def test_event_files_tell_diverged_from_failed(tmp_path: Path) -> None:
+    for name, loss in (("diverged", math.nan), ("failed", 0.5)):
+        logger = RunLogger(tmp_path / name)
+        logger.hparams_start({"model": "relu"})
+        logger.scalars({"train/loss": loss}, 1)
+        logger.hparams_end(name)
+        logger.close()
+        assert read_event_files(tmp_path / name)["status"] == name
+    logger = RunLogger(tmp_path / "running")
+    logger.scalars({"train/loss": 1.0}, 1)
+    logger.close()
+    assert read_event_files(tmp_path / "running")["status"] == "running"
+    assert read_event_files(tmp_path / "empty") is None
+
+
+# ---------------------------------------------------------------------------- hand-back
+
+
+def job_return(status: JobStatus, value: object) -> JobReturn:
+    ret = JobReturn(overrides=["optimizer.lr=1e30"], status=status)
+    ret.return_value = value
+    return ret
+
+
+def test_basic_sweeper_gets_nan_for_a_job_that_raised() -> None:
+    ret = job_return(JobStatus.FAILED, ValueError("boom"))
+    hand_back(ret, optuna=False)
+    assert ret.status == JobStatus.COMPLETED
+    assert math.isnan(ret.return_value)
+
+
+def test_basic_sweeper_keeps_a_diverged_job_s_nan() -> None:
+    ret = job_return(JobStatus.COMPLETED, math.nan)
+    hand_back(ret, optuna=False)
+    assert ret.status == JobStatus.COMPLETED
+    assert math.isnan(ret.return_value)
+
+
+def test_optuna_gets_a_failed_trial_for_nan() -> None:
+    ret = job_return(JobStatus.COMPLETED, math.nan)
+    hand_back(ret, optuna=True)
+    assert ret.status == JobStatus.FAILED
+    with pytest.raises(JobDiverged, match=r"optimizer\.lr=1e30"):
+        _ = ret.return_value
+    finished = job_return(JobStatus.COMPLETED, 0.25)
+    hand_back(finished, optuna=True)
+    assert finished.return_value == 0.25
+    raised = job_return(JobStatus.FAILED, ValueError("boom"))
+    hand_back(raised, optuna=True)
+    assert raised.status == JobStatus.FAILED
+
+
+# ---------------------------------------------------------------------------- real multirun
+
+
+@pytest.mark.slow
+def test_multirun_survives_divergence_and_errors(tmp_path: Path) -> None:
+    """Eight jobs: two finish, lr=1e30 diverges, lr=-1 is refused, LBFGS raises in its step.
+
+    Every job runs, each metrics.json says how it ended, failures log their traceback, the
+    summary ranks the finished jobs first, and the sweep exits 1 naming the failed jobs.
+    """
+    sweep_dir = tmp_path / "sweep"
+    proc = run_ffn(
+        "-m",
+        *TINY,
+        "optimizer=sgd",
+        "optimizer._target_=torch.optim.SGD,torch.optim.LBFGS",
+        "optimizer.lr=0.02,0.05,1e30,-1",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert proc.returncode == 1, proc.stderr
+    expected = {
+        0: "completed",
+        1: "completed",
+        2: "diverged",
+        3: "failed",  # lr=-1: ConfigError before training
+        4: "failed",  # LBFGS: TypeError in optimizer.step()
+        5: "failed",
+        6: "failed",
+        7: "failed",
+    }
+    records = {n: json.loads((sweep_dir / str(n) / "metrics.json").read_text()) for n in expected}
+    assert {n: r["status"] for n, r in records.items()} == expected
+    assert records[2]["stop_reason"] == "diverged"
+    assert records[2]["metrics"]["val/loss"] is None
+    assert "optimizer.lr" in records[3]["error"]
+    assert records[4]["error"].startswith("TypeError")
+    for n in (3, 4):
+        log = (sweep_dir / str(n) / "run.log").read_text()
+        assert "Traceback (most recent call last)" in log
+    assert "5 of 8 jobs failed" in proc.stderr
+    for n in (3, 4, 5, 6, 7):
+        assert f"{sweep_dir / str(n)}:" in proc.stderr
+
+    rows = read_rows(sweep_dir / "summary.csv")
+    assert len(rows) == 8
+    assert [r["status"] for r in rows] == ["completed"] * 2 + ["diverged"] + ["failed"] * 5
+    losses = [float(rows[i]["val/loss"]) for i in (0, 1)]
+    assert losses == sorted(losses)
+    for row in rows[:3]:
+        record = records[int(row["job"])]
+        assert row["epochs"] == str(record["epochs"])
+        assert row["optimizer._target_"] == "torch.optim.SGD"
+    assert {r["optimizer.lr"] for r in rows[:2]} == {"0.02", "0.05"}
+    assert list(rows[0])[2:5] == ["optimizer._target_", "optimizer.lr", "status"]
+    assert (sweep_dir / "summary.md").read_text() in proc.stdout
+    assert (sweep_dir / "summary.png").exists()
+
+    # ffn.report rebuilds the same table from the folder, and from event files alone
+    assert report.main([str(sweep_dir), "--out", str(tmp_path / "again")]) == 0
+    assert read_rows(tmp_path / "again" / "summary.csv") == rows
+    for n in expected:
+        (sweep_dir / str(n) / "metrics.json").unlink()
+    from_events = summarize(sweep_dir)
+    assert [run.status for run in from_events.runs] == [r["status"] for r in rows]
+    for run, row in zip(from_events.runs[:2], rows, strict=False):
+        assert run.metrics["val/loss"] == pytest.approx(float(row["val/loss"]), rel=1e-6)
