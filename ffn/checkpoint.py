@@ -18,6 +18,7 @@ from ffn.errors import ConfigError
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 FORMAT = "ffn-checkpoint-1"
+REQUIRED_KEYS = {"config", "model", "optimizer", "schedule", "loop", "rng", "order_gen"}
 
 
 def rng_states() -> dict[str, Any]:
@@ -64,8 +65,12 @@ def load(run_dir: Path, key: str = "trainer.resume") -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        reason = reason if len(reason) <= 120 else reason[:117].rsplit(" ", 1)[0] + " ..."
         raise ConfigError(key, str(path), f"a checkpoint written by ffn ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError(key, str(path), f"a checkpoint written by ffn (format {FORMAT})")
+    missing = sorted(REQUIRED_KEYS - payload.keys())
+    if missing:
+        raise ConfigError(key, str(path), f"a complete ffn checkpoint (missing {missing})")
     return payload

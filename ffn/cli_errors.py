@@ -39,6 +39,10 @@ def describe(error: BaseException) -> str | None:
         if group:
             return str(ConfigError(group.replace("/", "."), choice, f"one of {options}"))
         return f"no config named {choice!r}"
+    if isinstance(error, (FileExistsError, NotADirectoryError)) and error.filename:
+        # Hydra could not make the run folder: a file stands where it (or a parent) should be.
+        allowed = "a folder ffn can create (a file is in the way)"
+        return str(ConfigError("hydra.run.dir/hydra.sweep.dir", str(error.filename), allowed))
     cause = error.__cause__
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
         parent = cause.parent_node

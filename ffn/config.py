@@ -146,6 +146,9 @@ def validate(cfg: DictConfig | Any) -> None:
         value = cfg.optimizer.get(key)
         if value is not None:
             _finite_at_least(f"optimizer.{key}", value, 0.0, strict=key == "eps")
+    betas = cfg.optimizer.get("betas")
+    if betas is not None and not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+        raise ConfigError("optimizer.betas", list(betas), "null or two numbers in [0, 1)")
     t = cfg.trainer
     if t.max_epochs < 1:
         raise ConfigError("trainer.max_epochs", t.max_epochs, "an integer >= 1")
@@ -160,12 +163,41 @@ def validate(cfg: DictConfig | Any) -> None:
             raise ConfigError(f"trainer.{key}", t[key], "an integer >= 0")
     if t.num_threads is not None and t.num_threads < 1:
         raise ConfigError("trainer.num_threads", t.num_threads, "null or an integer >= 1")
+    _validate_schedule(cfg.schedule)  # after trainer: cosine's T_max is trainer.max_epochs
     if not 0 <= t.seed <= MAX_SEED:
         raise ConfigError("trainer.seed", t.seed, f"an integer in [0, {MAX_SEED}]")
     split, _, name = cfg.optimized_metric.partition("/")
     if split not in SPLITS or name not in METRICS:
         allowed = f"SPLIT/NAME with SPLIT in {', '.join(SPLITS)} and NAME in {', '.join(METRICS)}"
         raise ConfigError("optimized_metric", cfg.optimized_metric, allowed)
+
+
+def _validate_schedule(schedule: DictConfig) -> None:
+    """The step-size schedule's knobs, where torch would fail late or silently misbehave."""
+    checks = {
+        "step_size": lambda v: v >= 1,
+        "T_max": lambda v: v >= 1,
+        "total_iters": lambda v: v >= 0,
+        "gamma": lambda v: math.isfinite(v) and v > 0,
+        "factor": lambda v: 0 < v <= 1,
+        "eta_min": lambda v: math.isfinite(v) and v >= 0,
+        "decay": lambda v: math.isfinite(v) and v >= 0,
+        "power": lambda v: math.isfinite(v) and v >= 0,
+    }
+    allowed = {
+        "step_size": "an integer >= 1",
+        "T_max": "an integer >= 1",
+        "total_iters": "an integer >= 0",
+        "gamma": "a finite number > 0",
+        "factor": "a number in (0, 1]",
+        "eta_min": "a finite number >= 0",
+        "decay": "a finite number >= 0",
+        "power": "a finite number >= 0",
+    }
+    for key, ok in checks.items():
+        value = schedule.get(key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"schedule.{key}", value, allowed[key])
 
 
 def _positive(key: str, value: float) -> None:

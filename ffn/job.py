@@ -50,12 +50,25 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
 def resumed_config(run_dir: Path) -> tuple[DictConfig, dict[str, Any]]:
     """The run's own config and its last checkpoint; the command line's other keys are ignored."""
     payload = checkpoint.load(run_dir)
-    cfg = OmegaConf.create(payload["config"])
-    with open_dict(cfg):
-        cfg.trainer.resume = True
+    try:
+        cfg = OmegaConf.create(payload["config"])
+        with open_dict(cfg):
+            cfg.trainer.resume = True
+    except Exception:
+        path = str(run_dir / checkpoint.CHECKPOINT)
+        raise ConfigError("trainer.resume", path, "a checkpoint holding an ffn config") from None
     # Hydra has just rewritten .hydra/config.yaml from this command line: put the run's back.
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     return cfg, payload
+
+
+def _finished(metrics_path: Path) -> dict[str, Any] | None:
+    """metrics.json of a run that completed or diverged, else None."""
+    try:
+        payload = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return payload if payload.get("status") in ("completed", "diverged") else None
 
 
 def run_job(cfg: DictConfig) -> float:
@@ -67,6 +80,11 @@ def run_job(cfg: DictConfig) -> float:
     try:
         payload = None
         if cfg.trainer.resume:
+            finished = _finished(metrics_path)
+            if finished is not None:  # nothing to continue: leave the run as it is
+                log.info("%s already ended (%s); nothing to resume", run_dir, finished["status"])
+                value = finished.get("metrics", {}).get(cfg.optimized_metric)
+                return math.nan if value is None else value
             cfg, payload = resumed_config(run_dir)
             log.info("resuming %s from epoch %d", run_dir, payload["loop"]["epoch"])
         validate(cfg)

@@ -262,7 +262,10 @@ class Run:
         bar.close()
         s.wall_time_s += time.time() - session_start
         if status == "interrupted":
-            self.save_checkpoint()
+            if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                self.save_checkpoint()
+            else:  # NaNs mid-epoch: keep the last finite checkpoint rather than overwrite it
+                status = "diverged"
         if reason == "early_stopping" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)  # report the model that was best on val
         exit_code = stop.exit_code if status == "interrupted" else 0
@@ -324,6 +327,8 @@ class Run:
         for split in ("train", "val", "test"):
             x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
             values, out, _ = evaluate(self.model, x, y, self.task)
+            if not torch.isfinite(values["loss"]):  # argmax of NaN logits is no accuracy
+                values = {k: torch.tensor(math.nan) for k in values}
             metrics.update({f"{split}/{k}": float(v) for k, v in values.items()})
         with torch.no_grad():
             metrics["train/penalty"] = float(self.penalty.value(self.penalised))
@@ -361,13 +366,16 @@ def train(
             result = run.train(logger, stop)
             result.metrics, test_out = run.final_metrics()
             tests = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
-            logger.scalars(tests, result.epochs)
+            if result.status != "interrupted":  # the resumed session will log them
+                logger.scalars(tests, result.epochs)
             if cfg.trainer.figures and result.status == "completed":
                 d = run.data
                 logger.final_figures(
                     run.model, d.x_test, d.y_test, run.task, test_out, result.epochs, run_dir
                 )
-            logger.hparams_end(result.status)
+            # TensorBoard keeps the first session-end record: none for a session to be resumed.
+            if result.status != "interrupted":
+                logger.hparams_end(result.status)
         finally:
             logger.close()
     score = run.score
