@@ -1,0 +1,344 @@
+"""Study 3, step size: full-batch gradient descent's largest stable eta against 2/L.
+
+    python experiments/step_size/analyze.py [SWEEP_DIR] [--out DIR]
+
+SWEEP_DIR is a folder of `python run.py -m experiment=step_size` (default: the latest under
+outputs/experiments/step_size/). L is the top eigenvalue of the training loss's Hessian at the
+start, computed here from each run's seed (the model rebuilt as the runner built it, the Hessian
+by torch.autograd.functional.hessian on its autograd twin). A run is stable when its training
+loss never rises from one step to the next (the descent that eta < 2/L guarantees); the curves
+are train/loss from the event files, with the loss at the start computed here. Writes the table
+into DIR/README.md between the results markers, the figures into DIR (default: this folder), the
+study's line into experiments/README.md when DIR is this folder, and every number into
+SWEEP_DIR/analysis.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tensorboard.backend.event_processing import event_accumulator
+
+from ffn.data import load_dataset
+from ffn.losses import loss_function
+from ffn.train import DTYPES, build_model
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+NAME = HERE.name
+BEGIN, END = "<!-- results: begin (written by analyze.py) -->", "<!-- results: end -->"
+DATASETS = ("breast_cancer", "digits", "diabetes")
+
+
+# --------------------------------------------------------------------------- reading a sweep
+
+
+@dataclass
+class Run:
+    """One job of the sweep: its folder, composed config and metrics.json."""
+
+    path: Path
+    cfg: DictConfig
+    status: str
+    metrics: dict[str, float]
+    record: dict  # metrics.json as written: epochs, stop_reason, wall_time_s, ...
+
+
+def latest_sweep(name: str) -> Path:
+    base = ROOT / "outputs" / "experiments" / name
+    sweeps = sorted(p for p in base.glob("*") if p.is_dir())
+    if not sweeps:
+        raise SystemExit(f"no sweep under {base}: run `python run.py -m experiment={name}` first")
+    return sweeps[-1]
+
+
+def load_runs(sweep: Path) -> list[Run]:
+    """Every job folder of the sweep, in job order; a job without metrics.json counts as failed."""
+    runs = []
+    for config in sweep.glob("*/.hydra/config.yaml"):
+        path = config.parents[1]
+        record = {"status": "failed"}
+        if (path / "metrics.json").exists():
+            record = json.loads((path / "metrics.json").read_text())
+        metrics = {k: math.nan if v is None else v for k, v in record.get("metrics", {}).items()}
+        runs.append(Run(path, OmegaConf.load(config), record["status"], metrics, record))
+    if not runs:
+        raise SystemExit(f"no runs under {sweep}")
+    return sorted(runs, key=lambda r: (not r.path.name.isdigit(), int("0" + r.path.name), r.path))
+
+
+def scalar_curve(run_dir: Path, tag: str) -> np.ndarray:
+    """A TensorBoard scalar of the run, one value per step (epoch).  -> (n_steps,)."""
+    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return np.array([])
+    return np.array([e.value for e in acc.Scalars(tag)])
+
+
+def sweep_minutes(sweep: Path) -> float:
+    """Minutes from the sweep's start (its multirun.yaml) to the last file a job wrote."""
+    start = (sweep / "multirun.yaml").stat().st_mtime
+    jobs = [p for p in sweep.glob("*/**/*") if p.is_file() and p.parent != sweep]
+    return (max(p.stat().st_mtime for p in jobs) - start) / 60
+
+
+def mean_std(values, fmt: str = "{:.2f}", scale: float = 1.0) -> str:
+    """`mean ± std` (sample std) of the finite values, with how many were not finite."""
+    values = np.asarray(values, dtype=float) * scale
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return "—"
+    std = finite.std(ddof=1) if finite.size > 1 else 0.0
+    text = f"{fmt.format(finite.mean())} ± {fmt.format(std)}"
+    missing = values.size - finite.size
+    return text + (f" ({missing} not finite)" if missing else "")
+
+
+def write_results(out: Path, block: str, line: str) -> None:
+    """The block between the markers of out/README.md; the line into experiments/README.md."""
+    readme = out / "README.md"
+    text = readme.read_text() if readme.exists() else f"{BEGIN}\n{END}\n"
+    readme.write_text(_between(text, BEGIN, END, block))
+    index = out.parent / "README.md"
+    begin, end = f"<!-- {NAME}: begin -->", f"<!-- {NAME}: end -->"
+    if index.exists() and begin in index.read_text():
+        index.write_text(_between(index.read_text(), begin, end, line))
+
+
+def _between(text: str, begin: str, end: str, body: str) -> str:
+    head, rest = text.split(begin, 1)
+    indent = head.rsplit("\n", 1)[-1]  # markers inside a list item: indent the body alike
+    body = "\n".join(indent + row if row else row for row in body.strip("\n").split("\n"))
+    return f"{head}{begin}\n{body}\n{indent}{end}{rest.split(end, 1)[1]}"
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def hessian_at_start(cfg: DictConfig) -> dict[str, float]:
+    """L (top Hessian eigenvalue of the training loss at initialisation), the loss there, and
+    the global bound on L for a linear model (softmax: lambda_max(X~'X~/n)/2; MSE: 2 lambda_max).
+    """
+    dtype = DTYPES[cfg.trainer.dtype]
+    data = load_dataset(cfg.dataset, seed=cfg.trainer.seed, dtype=dtype)
+    twin = build_model(cfg, data, torch.device("cpu"), dtype).with_backend("autograd")
+    names = [name for name, _ in twin.named_parameters()]
+    params = tuple(p.detach() for _, p in twin.named_parameters())
+    loss_fn = loss_function(data.task, "autograd")
+    x, y = data.x_train, data.y_train
+
+    def loss(*values: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(twin, dict(zip(names, values, strict=True)), (x,))
+        return loss_fn(out, y)
+
+    blocks = torch.autograd.functional.hessian(loss, params, vectorize=True)
+    sizes = [p.numel() for p in params]
+    matrix = torch.cat(
+        [
+            torch.cat([blocks[i][j].reshape(sizes[i], sizes[j]) for j in range(len(params))], 1)
+            for i in range(len(params))
+        ],
+        0,
+    )
+    top = float(torch.linalg.eigvalsh(matrix)[-1])
+    ones = torch.ones(len(x), 1, dtype=x.dtype)
+    gram = float(torch.linalg.eigvalsh(torch.cat([x, ones], 1).T @ torch.cat([x, ones], 1))[-1])
+    scale = 0.5 if data.task == "classification" else 2.0
+    return {"L": top, "loss0": float(loss(*params)), "L_global": scale * gram / len(x)}
+
+
+def is_monotone(curve: np.ndarray) -> bool:
+    """Finite, and never rising by more than rounding from one step to the next."""
+    if curve.size < 2 or not np.all(np.isfinite(curve)):
+        return False
+    return bool(np.all(np.diff(curve) <= 1e-12 * np.abs(curve[:-1])))
+
+
+def analyze(sweep: Path, out: Path) -> dict:
+    runs = load_runs(sweep)
+    starts: dict[tuple[str, int], dict[str, float]] = {}
+    rows = []
+    for run in runs:
+        key = (run.cfg.dataset.name, run.cfg.trainer.seed)
+        if key not in starts:
+            starts[key] = hessian_at_start(run.cfg)
+        start = starts[key]
+        curve = np.array([start["loss0"], *scalar_curve(run.path, "train/loss")])
+        complete = run.status == "completed" and curve.size == run.cfg.trainer.max_epochs + 1
+        rows.append(
+            {
+                "dataset": key[0],
+                "seed": key[1],
+                "lr": float(run.cfg.optimizer.lr),
+                "ratio": float(run.cfg.optimizer.lr) * start["L"] / 2,  # eta / (2/L)
+                "status": run.status,
+                "monotone": complete and is_monotone(curve),
+                "final_over_start": float(curve[-1] / curve[0]) if complete else math.inf,
+                "curve": [float(v) for v in curve],
+            }
+        )
+    datasets = [d for d in DATASETS if d in {k[0] for k in starts}]
+    steps = max(len(r["curve"]) for r in rows) - 1
+    per_seed = {}
+    for (dataset, seed), start in starts.items():
+        mine = sorted(
+            (r for r in rows if (r["dataset"], r["seed"]) == (dataset, seed)), key=lambda r: r["lr"]
+        )
+        # The largest eta of the grid below which every eta descended monotonically.
+        stable = None
+        for r in mine:
+            if not r["monotone"]:
+                break
+            stable = r["lr"]
+        first_rise = next((r["lr"] for r in mine if not r["monotone"]), math.nan)
+        below_start = [r["lr"] for r in mine if r["final_over_start"] < 1]
+        per_seed[f"{dataset}/{seed}"] = {
+            **start,
+            "two_over_L": 2 / start["L"],
+            "largest_monotone_lr": math.nan if stable is None else stable,
+            "first_rising_lr": first_rise,
+            "largest_lr_ending_below_start": max(below_start) if below_start else math.nan,
+        }
+
+    def column(dataset: str, key: str, over_two_over_l: bool = False) -> list[float]:
+        values = []
+        for name, s in per_seed.items():
+            if name.split("/")[0] == dataset:
+                values.append(s[key] / s["two_over_L"] if over_two_over_l else s[key])
+        return values
+
+    n_seeds = len({k[1] for k in starts})
+    lrs = sorted({r["lr"] for r in rows})
+    lines = [
+        f"Full-batch gradient descent, {steps} steps, eta on a grid of {len(lrs)} values from "
+        f"{lrs[0]:g} to {lrs[-1]:g} (factors of about {lrs[1] / lrs[0]:.3g}); mean ± std over "
+        f"{n_seeds} seeds (each its own split and initialisation). Stable: the training loss "
+        "never rose from one step to the next.",
+        "",
+        "| dataset (model) | 2/L at the start | 2/L_global | largest stable eta | "
+        "largest stable eta / (2/L) | first unstable eta / (2/L) | "
+        "largest eta ending below the start |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    models = {
+        "breast_cancer": "softmax regression",
+        "digits": "softmax regression",
+        "diabetes": "least squares",
+    }
+    for d in datasets:
+        cells = [
+            mean_std(column(d, "two_over_L"), "{:.3g}"),
+            mean_std([2 / v for v in column(d, "L_global")], "{:.3g}"),
+            mean_std(column(d, "largest_monotone_lr"), "{:.3g}"),
+            mean_std(column(d, "largest_monotone_lr", True), "{:.3g}"),
+            mean_std(column(d, "first_rising_lr", True), "{:.3g}"),
+            mean_std(column(d, "largest_lr_ending_below_start"), "{:.3g}"),
+        ]
+        lines.append(f"| {d} ({models.get(d, '')}) | " + " | ".join(cells) + " |")
+    lines += ["", f"The sweep: {len(runs)} runs in {sweep_minutes(sweep):.1f} min of wall time."]
+    block = "\n".join(lines)
+
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(rows, datasets, out / "convergence_curves.png")
+    plot_edge(rows, datasets, out / "stability_edge.png")
+
+    parts = []
+    for d in datasets:
+        stable = mean_std(column(d, "largest_monotone_lr", True), "{:.2g}")
+        rising = mean_std(column(d, "first_rising_lr", True), "{:.2g}")
+        parts.append(f"{d} ({models.get(d, '')}) {stable}, first rise at {rising}")
+    line = (
+        "Largest eta of the grid whose training loss never rose, in units of 2/L (L from "
+        f"the Hessian at the start; mean ± std over {n_seeds} seeds): " + "; ".join(parts) + "."
+    )
+    write_results(out, block, line)
+    analysis = {"per_seed": per_seed, "rows": rows, "line": line}
+    (sweep / "analysis.json").write_text(json.dumps(analysis, indent=1, allow_nan=True))
+    print(block + "\n\n" + line)
+    return analysis
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def plot_curves(rows, datasets, path):
+    """Seed 0's training loss for every eta, coloured by log2(eta / (2/L))."""
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    cmap = plt.get_cmap("coolwarm")
+    norm = matplotlib.colors.Normalize(-7, 7)
+    for ax, d in zip(axes[0], datasets, strict=True):
+        seed = min(r["seed"] for r in rows if r["dataset"] == d)
+        mine = sorted(
+            (r for r in rows if r["dataset"] == d and r["seed"] == seed), key=lambda r: r["lr"]
+        )
+        start = mine[0]["curve"][0]
+        for r in mine:
+            curve = np.array(r["curve"])
+            style = "-" if r["monotone"] else "--"
+            ax.plot(
+                np.arange(curve.size), curve, style, color=cmap(norm(np.log2(r["ratio"]))), lw=1
+            )
+        finite = [v for r in mine for v in r["curve"] if np.isfinite(v) and v > 0]
+        ax.set_yscale("log")
+        ax.set_ylim(min(finite) * 0.5, start * 30)
+        ax.set_title(f"{d}, seed {seed}")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss")
+    fig.suptitle("solid: the loss never rose; dashed: it rose at some step", y=1.0)
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist())
+    bar.set_label("log2(eta / (2/L))")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_edge(rows, datasets, path):
+    """Loss after the last step over the loss at the start, against eta / (2/L), every seed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = dict(zip(DATASETS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
+    for d in datasets:
+        mine = [r for r in rows if r["dataset"] == d]
+        for monotone, marker in ((True, "o"), (False, "x")):
+            pts = [r for r in mine if r["monotone"] == monotone]
+            y = [min(r["final_over_start"], 1e3) for r in pts]
+            label = f"{d}, {'stable' if monotone else 'loss rose'}"
+            ax.scatter(
+                [r["ratio"] for r in pts], y, marker=marker, color=colors.get(d), label=label, s=18
+            )
+    ax.axvline(1.0, color="k", lw=0.8, ls=":")
+    ax.text(1.05, 2e-4, "eta = 2/L", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("eta / (2/L), L at the start")
+    ax.set_ylabel("loss after the last step / loss at the start (capped at 1e3)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", nargs="?", type=Path, help="the sweep folder (default: latest)")
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="README.md and figures (default: here)"
+    )
+    args = parser.parse_args(argv)
+    analyze(args.sweep or latest_sweep(NAME), args.out)
+
+
+if __name__ == "__main__":
+    main()

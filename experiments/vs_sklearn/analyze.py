@@ -1,0 +1,300 @@
+"""Study 5, against scikit-learn: ffn and MLPClassifier(hidden_layer_sizes=(64,)) side by side.
+
+    python experiments/vs_sklearn/analyze.py [SWEEP_DIR] [--out DIR]
+
+SWEEP_DIR is a folder of `python run.py -m experiment=vs_sklearn` (default: the latest under
+outputs/experiments/vs_sklearn/). For each ffn run this script fits sklearn's MLPClassifier with
+its defaults (hidden_layer_sizes=(64,), the same activation, random_state = the run's seed,
+max_iter = the run's epochs) twice, on one thread as ffn: on ffn's very split (same train rows,
+same standardisation), and on sklearn's own (train_test_split(test_size=0.25, random_state=0),
+StandardScaler fitted on its train part). Wall times: ffn's training loop from metrics.json,
+sklearn's fit. Writes the table into DIR/README.md between the results markers, the figure into
+DIR (default: this folder), the study's line into experiments/README.md when DIR is this folder,
+and every number into SWEEP_DIR/analysis.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from sklearn import datasets
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier
+from sklearn.preprocessing import StandardScaler
+from tensorboard.backend.event_processing import event_accumulator
+from threadpoolctl import threadpool_limits
+
+from ffn.data import load_dataset
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+NAME = HERE.name
+BEGIN, END = "<!-- results: begin (written by analyze.py) -->", "<!-- results: end -->"
+SKLEARN_ACTIVATION = {"relu": "relu", "tanh": "tanh", "sigmoid": "logistic"}
+LOADERS = {"digits": datasets.load_digits, "breast_cancer": datasets.load_breast_cancer}
+
+
+# --------------------------------------------------------------------------- reading a sweep
+
+
+@dataclass
+class Run:
+    """One job of the sweep: its folder, composed config and metrics.json."""
+
+    path: Path
+    cfg: DictConfig
+    status: str
+    metrics: dict[str, float]
+    record: dict  # metrics.json as written: epochs, stop_reason, wall_time_s, ...
+
+
+def latest_sweep(name: str) -> Path:
+    base = ROOT / "outputs" / "experiments" / name
+    sweeps = sorted(p for p in base.glob("*") if p.is_dir())
+    if not sweeps:
+        raise SystemExit(f"no sweep under {base}: run `python run.py -m experiment={name}` first")
+    return sweeps[-1]
+
+
+def load_runs(sweep: Path) -> list[Run]:
+    """Every job folder of the sweep, in job order; a job without metrics.json counts as failed."""
+    runs = []
+    for config in sweep.glob("*/.hydra/config.yaml"):
+        path = config.parents[1]
+        record = {"status": "failed"}
+        if (path / "metrics.json").exists():
+            record = json.loads((path / "metrics.json").read_text())
+        metrics = {k: math.nan if v is None else v for k, v in record.get("metrics", {}).items()}
+        runs.append(Run(path, OmegaConf.load(config), record["status"], metrics, record))
+    if not runs:
+        raise SystemExit(f"no runs under {sweep}")
+    return sorted(runs, key=lambda r: (not r.path.name.isdigit(), int("0" + r.path.name), r.path))
+
+
+def scalar_curve(run_dir: Path, tag: str) -> np.ndarray:
+    """A TensorBoard scalar of the run, one value per step (epoch).  -> (n_steps,)."""
+    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return np.array([])
+    return np.array([e.value for e in acc.Scalars(tag)])
+
+
+def sweep_minutes(sweep: Path) -> float:
+    """Minutes from the sweep's start (its multirun.yaml) to the last file a job wrote."""
+    start = (sweep / "multirun.yaml").stat().st_mtime
+    jobs = [p for p in sweep.glob("*/**/*") if p.is_file() and p.parent != sweep]
+    return (max(p.stat().st_mtime for p in jobs) - start) / 60
+
+
+def mean_std(values, fmt: str = "{:.2f}", scale: float = 1.0) -> str:
+    """`mean ± std` (sample std) of the finite values, with how many were not finite."""
+    values = np.asarray(values, dtype=float) * scale
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return "—"
+    std = finite.std(ddof=1) if finite.size > 1 else 0.0
+    text = f"{fmt.format(finite.mean())} ± {fmt.format(std)}"
+    missing = values.size - finite.size
+    return text + (f" ({missing} not finite)" if missing else "")
+
+
+def write_results(out: Path, block: str, line: str) -> None:
+    """The block between the markers of out/README.md; the line into experiments/README.md."""
+    readme = out / "README.md"
+    text = readme.read_text() if readme.exists() else f"{BEGIN}\n{END}\n"
+    readme.write_text(_between(text, BEGIN, END, block))
+    index = out.parent / "README.md"
+    begin, end = f"<!-- {NAME}: begin -->", f"<!-- {NAME}: end -->"
+    if index.exists() and begin in index.read_text():
+        index.write_text(_between(index.read_text(), begin, end, line))
+
+
+def _between(text: str, begin: str, end: str, body: str) -> str:
+    head, rest = text.split(begin, 1)
+    indent = head.rsplit("\n", 1)[-1]  # markers inside a list item: indent the body alike
+    body = "\n".join(indent + row if row else row for row in body.strip("\n").split("\n"))
+    return f"{head}{begin}\n{body}\n{indent}{end}{rest.split(end, 1)[1]}"
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def fit_sklearn(x_train, y_train, x_test, y_test, activation: str, seed: int, epochs: int):
+    """MLPClassifier's defaults but the width, activation, seed and epochs.  -> dict."""
+    clf = MLPClassifier(
+        hidden_layer_sizes=(64,),
+        activation=SKLEARN_ACTIVATION[activation],
+        random_state=seed,
+        max_iter=epochs,
+    )
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter reached: ffn stops there too
+        start = time.perf_counter()
+        clf.fit(x_train, y_train)
+        wall = time.perf_counter() - start
+    return {
+        "accuracy": float(clf.score(x_test, y_test)),
+        "wall_time_s": wall,
+        "epochs": clf.n_iter_,
+    }
+
+
+def sklearn_split(name: str) -> tuple[np.ndarray, ...]:
+    """The issue's protocol: test_size 0.25, random_state 0, standardised on the train part."""
+    bunch = LOADERS[name]()
+    x_train, x_test, y_train, y_test = train_test_split(
+        bunch.data, bunch.target, test_size=0.25, random_state=0
+    )
+    scale = StandardScaler().fit(x_train)
+    return scale.transform(x_train), y_train, scale.transform(x_test), y_test
+
+
+def analyze(sweep: Path, out: Path) -> dict:
+    runs = load_runs(sweep)
+    rows = []
+    for run in runs:
+        cfg = run.cfg
+        seed, epochs = cfg.trainer.seed, cfg.trainer.max_epochs
+        activation, name = cfg.model.activation, cfg.dataset.name
+        data = load_dataset(cfg.dataset, seed=seed, dtype=torch.float64)
+        same = fit_sklearn(
+            data.x_train.numpy(),
+            data.y_train.numpy(),
+            data.x_test.numpy(),
+            data.y_test.numpy(),
+            activation,
+            seed,
+            epochs,
+        )
+        own = fit_sklearn(*sklearn_split(name), activation, seed, epochs)
+        rows.append(
+            {
+                "dataset": name,
+                "activation": activation,
+                "seed": seed,
+                "status": run.status,
+                "ffn_accuracy": run.metrics.get("test/accuracy", math.nan),
+                "ffn_wall_time_s": run.record.get("wall_time_s", math.nan),
+                "ffn_epochs": run.record.get("epochs"),
+                "n_train": data.n_train,
+                "n_test": data.n_test,
+                "sklearn_same_split": same,
+                "sklearn_own_split": own,
+            }
+        )
+    names = [d for d in LOADERS if any(r["dataset"] == d for r in rows)]
+    activations = [a for a in SKLEARN_ACTIVATION if any(r["activation"] == a for r in rows)]
+    n_seeds = len({r["seed"] for r in rows})
+    first = runs[0].cfg
+    lines = [
+        f"Test accuracy (%) and training wall time (s, one thread), mean ± std over {n_seeds} "
+        f"seeds; {first.trainer.max_epochs} epochs of Adam (lr {first.optimizer.lr:g}, batch "
+        f"{first.trainer.batch_size}) on both sides (sklearn may stop earlier on its tol). "
+        "Same split: sklearn fitted on ffn's train part of each seed and tested on its test part. "
+        "sklearn's split: test_size=0.25, random_state=0.",
+        "",
+        "| dataset | activation | ffn | sklearn, same split | sklearn, sklearn's split | "
+        "ffn time (s) | sklearn time (s) | sklearn epochs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    gaps, slower = [], []
+    for d in names:
+        for a in activations:
+            mine = [r for r in rows if r["dataset"] == d and r["activation"] == a]
+            if not mine:
+                continue
+            ffn_acc = [r["ffn_accuracy"] for r in mine]
+            same = [r["sklearn_same_split"]["accuracy"] for r in mine]
+            gaps.append(np.nanmean(ffn_acc) - np.mean(same))
+            slower.append(
+                np.nanmean([r["ffn_wall_time_s"] for r in mine])
+                / np.mean([r["sklearn_same_split"]["wall_time_s"] for r in mine])
+            )
+            lines.append(
+                f"| {d} | {a} | {mean_std(ffn_acc, '{:.1f}', 100)} | "
+                f"{mean_std(same, '{:.1f}', 100)} | "
+                f"{mean_std([r['sklearn_own_split']['accuracy'] for r in mine], '{:.1f}', 100)} | "
+                f"{mean_std([r['ffn_wall_time_s'] for r in mine], '{:.2f}')} | "
+                f"{mean_std([r['sklearn_same_split']['wall_time_s'] for r in mine], '{:.2f}')} | "
+                f"{mean_std([r['sklearn_same_split']['epochs'] for r in mine], '{:.0f}')} |"
+            )
+    r0 = rows[0]
+    lines += [
+        "",
+        f"ffn's split keeps {first.dataset.test_fraction:g} of the data for test and "
+        f"{first.dataset.val_fraction:g} for validation (e.g. {r0['dataset']}: {r0['n_train']} "
+        f"train, {r0['n_test']} test rows). The ffn sweep: {len(runs)} runs in "
+        f"{sweep_minutes(sweep):.1f} min of wall time (sklearn's fits are made by this script).",
+    ]
+    block = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_accuracy(rows, names, activations, out / "accuracy.png")
+    line = (
+        "Against MLPClassifier(hidden_layer_sizes=(64,)) on the same splits, ffn's test accuracy "
+        f"differs by {min(gaps) * 100:+.1f} to {max(gaps) * 100:+.1f} points over "
+        f"{len(gaps)} dataset x activation pairs (mean of {n_seeds} seeds), in "
+        f"{min(slower):.1f} to {max(slower):.1f} times sklearn's wall time."
+    )
+    write_results(out, block, line)
+    analysis = {"rows": rows, "line": line}
+    (sweep / "analysis.json").write_text(json.dumps(analysis, indent=1, allow_nan=True))
+    print(block + "\n\n" + line)
+    return analysis
+
+
+def plot_accuracy(rows, names, activations, path):
+    """Grouped bars: ffn and sklearn (same split) per dataset and activation, error bars: std."""
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+    for ax, d in zip(axes[0], names, strict=True):
+        x = np.arange(len(activations))
+        for k, (label, get) in enumerate(
+            (
+                ("ffn", lambda r: r["ffn_accuracy"]),
+                ("sklearn, same split", lambda r: r["sklearn_same_split"]["accuracy"]),
+                ("sklearn, its split", lambda r: r["sklearn_own_split"]["accuracy"]),
+            )
+        ):
+            values = [
+                [100 * get(r) for r in rows if r["dataset"] == d and r["activation"] == a]
+                for a in activations
+            ]
+            mean = [np.nanmean(v) for v in values]
+            std = [np.nanstd(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
+            ax.bar(x + (k - 1) * 0.27, mean, 0.27, yerr=std, capsize=2, label=label)
+        ax.set_xticks(x, activations)
+        low = min(100 * r["ffn_accuracy"] for r in rows if r["dataset"] == d)
+        ax.set_ylim(max(0, low - 10), 100)
+        ax.set_title(d)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", nargs="?", type=Path, help="the sweep folder (default: latest)")
+    parser.add_argument("--out", type=Path, default=HERE, help="README and figures (default: here)")
+    args = parser.parse_args(argv)
+    analyze(args.sweep or latest_sweep(NAME), args.out)
+
+
+if __name__ == "__main__":
+    main()

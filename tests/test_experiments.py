@@ -1,0 +1,180 @@
+"""The studies of experiments/: each smoke sweep run for real, then its analyze.py on the output.
+
+Each test runs `python run.py -m experiment=<name>_smoke hydra.sweep.dir=<tmp>` as a user would,
+then `python experiments/<study>/analyze.py <tmp> --out <tmp>/report`, and checks what the
+analysis found against what must hold whatever the (short) training did: the lasso path is
+sklearn's, ridge's is the closed form, 2/L brackets the least-squares edge, and so on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf" / "experiment"
+STUDIES = {  # study folder -> the experiment configs its sweeps come from
+    "activations_depth": ["activations_depth"],
+    "lasso_ridge": ["lasso_ridge", "lasso_ridge_net"],
+    "step_size": ["step_size"],
+    "mnist1d": ["mnist1d"],
+    "vs_sklearn": ["vs_sklearn"],
+}
+
+
+def run_smoke(name: str, tmp_path: Path) -> Path:
+    """`python run.py -m experiment=<name>_smoke` into tmp_path/name; returns the sweep folder."""
+    sweep = tmp_path / name
+    proc = subprocess.run(
+        [sys.executable, "run.py", "-m", f"experiment={name}_smoke", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep
+
+
+def analyze(study: str, sweeps: list[Path], tmp_path: Path) -> Path:
+    """The study's analyze.py on the sweeps, writing into tmp_path/report; returns that folder."""
+    report = tmp_path / "report"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / study / "analyze.py"),
+            *map(str, sweeps),
+            "--out",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    readme = (report / "README.md").read_text()
+    assert "<!-- results: begin" in readme and "|---" in readme  # the table went in
+    return report
+
+
+def read_analysis(sweep: Path) -> dict:
+    return json.loads((sweep / "analysis.json").read_text())
+
+
+# --------------------------------------------------------------------------- fast checks
+
+
+def test_every_study_has_its_configs_write_up_and_script() -> None:
+    names = {p.stem for p in CONF.glob("*.yaml")}
+    expected = {n for configs in STUDIES.values() for n in configs}
+    assert names == expected | {f"{n}_smoke" for n in expected}
+    index = (ROOT / "experiments" / "README.md").read_text()
+    for study, configs in STUDIES.items():
+        folder = ROOT / "experiments" / study
+        readme = (folder / "README.md").read_text()
+        assert (folder / "analyze.py").is_file()
+        assert "<!-- results: begin" in readme and "<!-- results: end -->" in readme
+        for name in configs:
+            assert f"python run.py -m experiment={name}" in readme, (study, name)
+            head = (CONF / f"{name}.yaml").read_text().splitlines()[0]
+            assert head == "# @package _global_", name
+        assert f"<!-- {study}: begin -->" in index and f"({study}/README.md)" in index
+        for line in readme.splitlines():  # every figure the write-up shows is in the repository
+            if line.startswith("!["):
+                assert (folder / line.split("(")[1].rstrip(")")).is_file(), line
+
+
+# --------------------------------------------------------------------------- the smoke sweeps
+
+
+@pytest.mark.slow
+def test_activations_depth(tmp_path: Path) -> None:
+    sweep = run_smoke("activations_depth", tmp_path)
+    report = analyze("activations_depth", [sweep], tmp_path)
+    analysis = read_analysis(sweep)
+    rows = analysis["rows"]
+    assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)
+    for r in rows:
+        for key in ("grad_init", "grad_end"):
+            assert len(r[key]) == r["depth"] + 1
+            assert all(math.isfinite(v) and v > 0 for v in r[key])
+        assert len(r["train_loss"]) == 3  # epoch 0 (computed) and the 2 logged epochs
+    # At initialisation (no training involved): sigmoid's gradient fades towards the input.
+    ratios = analysis["ratios_first_over_last"]
+    assert np.mean(ratios["sigmoid"]["init"]) < np.mean(ratios["relu"]["init"]) / 5
+    for figure in ("grad_norm_by_layer.png", "training_curves.png", "accuracy_by_depth.png"):
+        assert (report / figure).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_lasso_ridge(tmp_path: Path) -> None:
+    linear = run_smoke("lasso_ridge", tmp_path)
+    network = run_smoke("lasso_ridge_net", tmp_path)
+    analyze("lasso_ridge", [linear, network], tmp_path)
+    paths = read_analysis(linear)
+    # The runs converged to the penalised problems' minimisers: sklearn's lasso_path
+    # (alpha = lam / 2, tol=1e-12) and ridge's closed form.
+    assert paths["max_abs_diff"]["l1"] < 1e-5
+    assert paths["max_abs_diff"]["l2"] < 1e-5
+    assert paths["zeros_match"]
+    lasso = {r["lam"]: r["zeros"] for r in paths["rows"] if r["penalty"] == "l1"}
+    assert lasso[2.0] == 10  # above lam_max every coefficient is exactly 0
+    assert all(r["zeros"] == 0 for r in paths["rows"] if r["penalty"] == "l2")
+    rows = read_analysis(network)["rows"]
+    for r in rows:
+        if r["lam"] == 0.0 or r["penalty"] == "l2":
+            assert r["sparsity"] == [0.0] * len(r["sparsity"])
+        else:  # proximal steps set weights exactly to 0, starting with the blank pixels'
+            assert r["sparsity"][0] > 0
+
+
+@pytest.mark.slow
+def test_step_size(tmp_path: Path) -> None:
+    sweep = run_smoke("step_size", tmp_path)
+    analyze("step_size", [sweep], tmp_path)
+    per_seed = read_analysis(sweep)["per_seed"]
+    diabetes = per_seed["diabetes/0"]
+    # Least squares: the Hessian is 2 X~'X~/n everywhere, so L is its closed form, and the
+    # grid's etas either side of 2/L ~ 0.255 descend and do not.
+    assert diabetes["L"] == pytest.approx(diabetes["L_global"], rel=1e-9)
+    assert diabetes["largest_monotone_lr"] == pytest.approx(0.125)
+    assert diabetes["first_rising_lr"] == pytest.approx(0.3535534)
+    assert 0.125 < diabetes["two_over_L"] < 0.3535534
+    cancer = per_seed["breast_cancer/0"]
+    assert 0 < cancer["L"] <= cancer["L_global"] * (1 + 1e-9)  # softmax's curvature bound
+
+
+@pytest.mark.slow
+def test_mnist1d(tmp_path: Path) -> None:
+    sweep = run_smoke("mnist1d", tmp_path)
+    report = analyze("mnist1d", [sweep], tmp_path)
+    rows = read_analysis(sweep)["rows"]
+    models = sorted(r["model"] for r in rows)
+    # 2 seeds; hidden=[] ran under relu and tanh alike, and is kept once a seed
+    assert models == ["MLP relu"] * 2 + ["MLP tanh"] * 2 + ["logistic regression"] * 2
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+    assert "| logistic regression |" in (report / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_vs_sklearn(tmp_path: Path) -> None:
+    sweep = run_smoke("vs_sklearn", tmp_path)
+    analyze("vs_sklearn", [sweep], tmp_path)
+    rows = read_analysis(sweep)["rows"]
+    assert len(rows) == 4
+    for r in rows:
+        for side in ("sklearn_same_split", "sklearn_own_split"):
+            assert 0.0 <= r[side]["accuracy"] <= 1.0
+            assert 1 <= r[side]["epochs"] <= 5  # max_iter is the run's epochs
+        assert 0.0 <= r["ffn_accuracy"] <= 1.0
+    digits = next(r for r in rows if r["dataset"] == "digits")
+    assert digits["n_test"] == round(0.25 * 1797)
