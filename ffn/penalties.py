@@ -7,6 +7,9 @@
 The proximal method leaves the l1 term out of the gradient and, after each optimizer step with
 step size eta, soft-thresholds: w <- sign(w) max(|w| - eta lambda r, 0). That is what yields the
 lasso's exact zeros; the subgradient method only makes weights oscillate around zero.
+With plain SGD (and gd) this is proximal gradient descent, whose fixed points are the lasso's
+solutions. With momentum mu the fixed point solves the lasso at lambda (1 - mu), and with Adam it
+is no lasso at all: still sparse, but use sgd or gd where the exact lasso solution matters.
 """
 
 from __future__ import annotations
