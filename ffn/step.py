@@ -36,7 +36,8 @@ def manual_gradients(model: FeedForward, x: Tensor, y: Tensor, task: str) -> Ten
     """Set p.grad = d loss / d p for every parameter (overwriting) and return the loss.
 
     x: (n, d); y: (n,) int64 class labels for classification, (n, M) targets for regression.
-    The loss is a 0-dim tensor left on the device: no host sync happens here.
+    The loss is a 0-dim tensor left on the device: no host sync happens here. The model's
+    `backend` plays no part: the formulas are called directly, under `torch.no_grad()`.
     """
     if task not in TASKS:
         raise ConfigError("dataset.task", task, "one of " + ", ".join(TASKS))
@@ -120,5 +121,8 @@ def train_step(
 
 def compile_gradients(**compile_kwargs) -> Callable[[FeedForward, Tensor, Tensor, str], Tensor]:
     """Opt-in: `torch.compile(manual_gradients)`; pays only after warm-up, if at all on CPU."""
+    # Static shapes: with dynamic ones the CE backward's -1/n becomes a symbolic float that
+    # inductor cannot hand to scatter_ (torch 2.13). A last, smaller batch compiles once more;
+    # every new model or shape adds a graph, up to dynamo's cache limit (then it runs eagerly).
     compile_kwargs.setdefault("dynamic", False)
     return torch.compile(manual_gradients, **compile_kwargs)

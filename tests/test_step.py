@@ -1,0 +1,165 @@
+"""The graph-free step against the autograd Functions and the autograd twin, and optimizers.
+
+Every activation in the table x both tasks x no / one / two hidden layers: `manual_gradients`
+must give the gradients that `loss.backward()` gives through the hand-written Functions and
+through torch's own ops, in float64 to 1e-10. `train_step` must equal the autograd loop it
+replaces, for SGD, momentum and Adam and for every penalty.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ffn import ACTIVATIONS, ConfigError, FeedForward, Penalty
+from ffn.losses import TASKS, loss_function
+from ffn.step import compile_gradients, manual_gradients, sgd_update_, train_step
+
+F64 = torch.float64
+CLOSE = {"rtol": 1e-10, "atol": 1e-10}
+HIDDEN = {"no-hidden": [], "one-hidden": [5], "two-hidden": [5, 4]}
+
+
+def problem(task: str, n: int = 7, d: int = 3, m: int = 3, seed: int = 0):
+    """x: (n, d) float64; y: (n,) labels or (n, m) float64 targets."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=F64)
+    if task == "classification":
+        return x, torch.randint(0, m, (n,), generator=g)
+    return x, torch.randn(n, m, generator=g, dtype=F64)
+
+
+def autograd_gradients(model: FeedForward, x, y, task: str) -> tuple[torch.Tensor, list]:
+    """Loss and gradients from loss.backward() on the model's own backend."""
+    model.zero_grad(set_to_none=True)
+    loss = loss_function(task, model.backend)(model(x), y)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("hidden", list(HIDDEN.values()), ids=list(HIDDEN))
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_gradients_equal_functions_and_twin(name, task, hidden):
+    model = FeedForward(3, hidden, 3, activation=name, dtype=F64, seed=1)
+    x, y = problem(task)
+    loss = manual_gradients(model, x, y, task)
+    grads = [p.grad.clone() for p in model.parameters()]
+    for backend in ("manual", "autograd"):
+        ref_loss, ref_grads = autograd_gradients(model.with_backend(backend), x, y, task)
+        torch.testing.assert_close(loss, ref_loss, **CLOSE)
+        for got, want in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(got, want, **CLOSE)
+
+
+@pytest.mark.parametrize("name", [n for n, e in ACTIVATIONS.items() if e.param_name])
+def test_gradients_with_non_default_activation_param(name):
+    model = FeedForward(3, [6, 4], 2, activation=name, activation_param=0.3, dtype=F64)
+    x, y = problem("classification", m=2)
+    manual_gradients(model, x, y, "classification")
+    _, ref = autograd_gradients(model.with_backend("autograd"), x, y, "classification")
+    for p, want in zip(model.parameters(), ref, strict=True):
+        torch.testing.assert_close(p.grad, want, **CLOSE)
+
+
+def test_gradients_without_bias():
+    model = FeedForward(3, [5], 3, bias=False, dtype=F64)
+    x, y = problem("regression")
+    manual_gradients(model, x, y, "regression")
+    _, ref = autograd_gradients(model.with_backend("autograd"), x, y, "regression")
+    assert len(ref) == 2  # weights only
+    for p, want in zip(model.parameters(), ref, strict=True):
+        torch.testing.assert_close(p.grad, want, **CLOSE)
+
+
+def test_gradients_overwrite_and_build_no_graph():
+    model = FeedForward(3, [5], 3, dtype=F64)
+    x, y = problem("classification")
+    first = manual_gradients(model, x, y, "classification")
+    grads = [p.grad.clone() for p in model.parameters()]
+    second = manual_gradients(model, x, y, "classification")  # overwrites, not accumulates
+    for p, want in zip(model.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.grad, want, rtol=0, atol=0)
+        assert p.grad.grad_fn is None
+    assert first.ndim == 0 and not second.requires_grad and second.grad_fn is None
+
+
+def test_unknown_task_is_a_config_error():
+    model = FeedForward(3, [], 3)
+    x, y = problem("classification")
+    with pytest.raises(ConfigError, match=r"dataset\.task"):
+        manual_gradients(model, x.float(), y, "ranking")
+
+
+OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1),
+    "momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=3e-3),
+}
+PENALTIES = {
+    "none": Penalty(),
+    "l2": Penalty("l2", lam=0.1),
+    "l1-proximal": Penalty("l1", lam=0.05),
+    "l1-subgradient": Penalty("l1", lam=0.05, method="subgradient"),
+    "elastic_net-with-bias": Penalty("elastic_net", lam=0.1, l1_ratio=0.3, include_bias=True),
+}
+
+
+def reference_step(model, optimizer, penalty, x, y, task) -> torch.Tensor:
+    """The autograd loop that `train_step` replaces."""
+    optimizer.zero_grad()
+    loss = loss_function(task, model.backend)(model(x), y)
+    loss.backward()
+    penalised = penalty.parameters(model)
+    penalty.add_gradient_(penalised)
+    optimizer.step()
+    penalty.proximal_step_(optimizer, penalised)
+    return loss.detach()
+
+
+@pytest.mark.parametrize("penalty", list(PENALTIES.values()), ids=list(PENALTIES))
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+@pytest.mark.parametrize("task", TASKS)
+def test_train_step_equals_backward_and_optimizer_step(task, opt, penalty):
+    model = FeedForward(3, [5, 4], 3, activation="tanh", dtype=F64, seed=2)
+    twin = copy.deepcopy(model)
+    optimizer = OPTIMIZERS[opt](model.parameters())
+    twin_optimizer = OPTIMIZERS[opt](twin.parameters())
+    for step in range(3):  # momentum buffers and Adam's moments carry over between steps
+        x, y = problem(task, seed=step)
+        loss = train_step(model, optimizer, penalty, x, y, task)
+        ref_loss = reference_step(twin, twin_optimizer, penalty, x, y, task)
+        torch.testing.assert_close(loss, ref_loss, **CLOSE)
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            torch.testing.assert_close(p, q, **CLOSE)
+    if penalty.proximal:  # the soft-threshold ran: some weights sit exactly at zero, as in the twin
+        zeros = [(p == 0) for p in penalty.parameters(model)]
+        twin_zeros = [(q == 0) for q in penalty.parameters(twin)]
+        assert all(torch.equal(a, b) for a, b in zip(zeros, twin_zeros, strict=True))
+
+
+def test_sgd_update_equals_torch_sgd():
+    model = FeedForward(3, [5], 3, dtype=F64)
+    twin = copy.deepcopy(model)
+    x, y = problem("classification")
+    manual_gradients(model, x, y, "classification")
+    manual_gradients(twin, x, y, "classification")
+    sgd_update_(list(model.parameters()), lr=0.1)
+    torch.optim.SGD(twin.parameters(), lr=0.1).step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_compiled_gradients_equal_eager():
+    # aot_eager traces what inductor would compile (the .grad writes, the in-place ops) in about
+    # a second; inductor's own code generation takes several and is timed by the benchmark.
+    model = FeedForward(3, [5], 3, dtype=F64)
+    x, y = problem("classification")
+    loss = manual_gradients(model, x, y, "classification")
+    grads = [p.grad.clone() for p in model.parameters()]
+    compiled_loss = compile_gradients(backend="aot_eager")(model, x, y, "classification")
+    torch.testing.assert_close(compiled_loss, loss, **CLOSE)
+    for p, want in zip(model.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.grad, want, **CLOSE)
