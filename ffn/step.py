@@ -13,6 +13,7 @@ of `manual_gradients`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -95,6 +96,34 @@ def sgd_update_(params: Sequence[Tensor], lr: float) -> None:
         torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)
 
 
+# Optimizers that have taken one step through torch.optim (which LR schedulers watch for).
+_STEPPED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+
+
+def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    """torch.optim.SGD without momentum, weight decay or maximize: p <- p - lr grad."""
+    return type(optimizer) is torch.optim.SGD and all(
+        not g["momentum"] and not g["weight_decay"] and not g["maximize"]
+        for g in optimizer.param_groups
+    )
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    """`optimizer.step()`, with plain SGD's update done as one foreach kernel per param group.
+
+    The same arithmetic as SGD's own step (p.add_(grad, alpha=-lr)), without its per-call
+    bookkeeping, which costs as much as a whole tiny step. The first step still goes through
+    torch.optim, so that an LR scheduler sees the optimizer has stepped; the learning rate is
+    read from the param group every time, so schedules keep working.
+    """
+    if optimizer in _STEPPED and is_plain_sgd(optimizer):
+        for group in optimizer.param_groups:
+            sgd_update_(group["params"], group["lr"])
+        return
+    optimizer.step()
+    _STEPPED.add(optimizer)
+
+
 def train_step(
     model: FeedForward,
     optimizer: torch.optim.Optimizer,
@@ -103,7 +132,7 @@ def train_step(
     y: Tensor,
     task: str,
 ) -> Tensor:
-    """One step: gradients by hand, + penalty gradient, optimizer.step(), proximal l1 step.
+    """One step: gradients by hand, + penalty gradient, optimizer step, proximal l1 step.
 
     Equals `optimizer.zero_grad(); loss.backward(); penalty.add_gradient_(...); optimizer.step();
     penalty.proximal_step_(...)` on the autograd path. Returns the data loss (0-dim, on device).
@@ -113,7 +142,7 @@ def train_step(
     if active:
         penalised = penalty.parameters(model)
         penalty.add_gradient_(penalised)
-    optimizer.step()
+    optimizer_step(optimizer)
     if active:
         penalty.proximal_step_(optimizer, penalised)
     return loss

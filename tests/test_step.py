@@ -9,13 +9,20 @@ replaces, for SGD, momentum and Adam and for every penalty.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
 
 from ffn import ACTIVATIONS, ConfigError, FeedForward, Penalty
 from ffn.losses import TASKS, loss_function
-from ffn.step import compile_gradients, manual_gradients, sgd_update_, train_step
+from ffn.step import (
+    compile_gradients,
+    is_plain_sgd,
+    manual_gradients,
+    sgd_update_,
+    train_step,
+)
 
 F64 = torch.float64
 CLOSE = {"rtol": 1e-10, "atol": 1e-10}
@@ -163,3 +170,31 @@ def test_compiled_gradients_equal_eager():
     torch.testing.assert_close(compiled_loss, loss, **CLOSE)
     for p, want in zip(model.parameters(), grads, strict=True):
         torch.testing.assert_close(p.grad, want, **CLOSE)
+
+
+def test_plain_sgd_fast_update_is_bitwise_sgd_with_a_schedule() -> None:
+    # train_step updates plain SGD with one foreach kernel after the first step; the parameters
+    # must stay bitwise those of torch.optim.SGD.step(), the learning rate must follow the
+    # schedule, and the scheduler must not warn that the optimizer never stepped.
+    torch.manual_seed(0)
+    fast = FeedForward(4, [8], 3, seed=0, dtype=torch.float64)
+    slow = copy.deepcopy(fast)
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    penalty = Penalty("l2", 0.01)
+    opt_fast, opt_slow = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (fast, slow))
+    sched_fast = torch.optim.lr_scheduler.ExponentialLR(opt_fast, 0.5)
+    sched_slow = torch.optim.lr_scheduler.ExponentialLR(opt_slow, 0.5)
+    assert is_plain_sgd(opt_fast)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            train_step(fast, opt_fast, penalty, x, y, "classification")
+            sched_fast.step()
+            manual_gradients(slow, x, y, "classification")
+            penalty.add_gradient_(penalty.parameters(slow))
+            opt_slow.step()
+            sched_slow.step()
+    for a, b in zip(fast.parameters(), slow.parameters(), strict=True):
+        assert torch.equal(a, b)
+    momentum = torch.optim.SGD(fast.parameters(), lr=0.1, momentum=0.9)
+    assert not is_plain_sgd(momentum)
