@@ -113,6 +113,7 @@ def run_job(cfg: DictConfig) -> float:
             "epochs": result.epochs,
             "steps": result.steps,
             "wall_time_s": round(result.wall_time_s, 3),
+            "timing": {k: round(v, 3) for k, v in result.timing.items()},
             "metrics": {k: _finite_or_none(v) for k, v in sorted(result.metrics.items())},
         },
     )

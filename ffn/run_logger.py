@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -21,17 +23,38 @@ if TYPE_CHECKING:
 SATURATION_MARGIN = 0.01
 
 
+def _timed(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the call's wall time to `self.seconds` (outermost call only), to report its cost."""
+
+    @functools.wraps(method)
+    def wrapper(self: RunLogger, *args: Any, **kwargs: Any) -> Any:
+        if self._in_call:
+            return method(self, *args, **kwargs)
+        self._in_call, start = True, time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self._in_call = False
+
+    return wrapper
+
+
 class RunLogger:
     """One SummaryWriter in the run folder itself, so the HParams dashboard links to its curves."""
 
     def __init__(self, log_dir: Path | str, purge_step: int | None = None) -> None:
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self.closed = False
+        self.seconds = 0.0  # spent in this logger: the share of a run that logging costs
+        self._in_call = False
 
+    @_timed
     def scalars(self, values: Mapping[str, float | Tensor], step: int) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, float(value), step)
 
+    @_timed
     @torch.no_grad()
     def layers(self, model: FeedForward, preactivations: list[Tensor], step: int) -> None:
         """Per-layer weight and gradient norms, sparsity, and activation health."""
@@ -50,6 +73,7 @@ class RunLogger:
         host = torch.stack([v.double() for v in values.values()]).cpu().tolist()
         self.scalars(dict(zip(values, host, strict=True)), step)
 
+    @_timed
     @torch.no_grad()
     def histograms(self, model: FeedForward, preactivations: list[Tensor], step: int) -> None:
         """Weights, gradients and pre-activations per layer; non-finite tensors are skipped."""
@@ -63,6 +87,7 @@ class RunLogger:
             if t is not None and t.numel() and bool(torch.isfinite(t).all()):
                 self.writer.add_histogram(tag, t.detach().cpu().double(), step, bins="auto")
 
+    @_timed
     def figure(self, tag: str, fig: Figure, step: int, save_to: Path | None = None) -> None:
         """Into TensorBoard, and as a PNG in the run folder when `save_to` is given."""
         if save_to is not None:
@@ -70,6 +95,7 @@ class RunLogger:
             fig.savefig(save_to, dpi=100)
         self.writer.add_figure(tag, fig, step, close=True)
 
+    @_timed
     def final_figures(
         self,
         model: FeedForward,
@@ -94,16 +120,20 @@ class RunLogger:
             fig = figures.predicted_vs_true_figure(out, y)
             self.figure("figures/predicted_vs_true", fig, step, folder / "predicted_vs_true.png")
 
+    @_timed
     def text(self, tag: str, text: str) -> None:
         # TensorBoard renders text as markdown: indent to keep YAML as a code block.
         self.writer.add_text(tag, "\n".join("    " + line for line in text.splitlines()))
 
+    @_timed
     def hparams_start(self, hparams: Mapping[str, HParamValue]) -> None:
         self.writer.file_writer.add_summary(session_start_summary(hparams))
 
+    @_timed
     def hparams_end(self, status: str) -> None:
         self.writer.file_writer.add_summary(session_end_summary(status))
 
+    @_timed
     def close(self) -> None:
         if not self.closed:
             self.writer.flush()

@@ -65,6 +65,7 @@ class RunResult:
     wall_time_s: float
     metrics: dict[str, float] = field(default_factory=dict)
     exit_code: int = 0
+    timing: dict[str, float] = field(default_factory=dict)  # this session: where time went
 
 
 def resolve_device(name: str) -> torch.device:
@@ -218,7 +219,7 @@ class Run:
         cfg, t, s = self.cfg, self.cfg.trainer, self.state
         n = self.data.x_train.shape[0]
         batch = n if cfg.optimizer.full_batch else min(t.batch_size, n)
-        session_start = time.time()
+        session_start = loop_started = time.time()
         status, reason = "completed", "max_epochs"
         show = t.progress and sys.stderr.isatty()
         bar = tqdm(
@@ -269,7 +270,10 @@ class Run:
         if reason == "early_stopping" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)  # report the model that was best on val
         exit_code = stop.exit_code if status == "interrupted" else 0
-        return RunResult(status, reason, s.epoch, s.steps, s.wall_time_s, exit_code=exit_code)
+        timing = {"loop_started_unix": loop_started, "loop_s": time.time() - loop_started}
+        return RunResult(
+            status, reason, s.epoch, s.steps, s.wall_time_s, exit_code=exit_code, timing=timing
+        )
 
     def end_of_epoch(self, logger: RunLogger) -> dict[str, float]:
         """Evaluate, step the schedule, log; returns the epoch's scalars on the host."""
@@ -378,6 +382,7 @@ def train(
                 logger.hparams_end(result.status)
         finally:
             logger.close()
+    result.timing["logging_s"] = logger.seconds
     score = run.score
     log.info(
         "%s: test/%s=%.4f test/loss=%.4g after %d epochs (%s)",
