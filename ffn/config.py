@@ -91,6 +91,7 @@ class TrainerConfig:
     histogram_every: int = 1  # epochs between histograms (0: never)
     figures: bool = True
     progress: bool = True  # a progress bar when stderr is a terminal
+    compile: bool = False  # torch.compile the graph-free gradients (see docs/benchmarks.md)
     checkpoint_every: int = 10  # epochs between checkpoints, and always at the end (0: never)
     resume: bool = False  # continue the run in hydra.run.dir from its last checkpoint
 

@@ -131,13 +131,16 @@ def train_step(
     x: Tensor,
     y: Tensor,
     task: str,
+    gradients: Callable[[FeedForward, Tensor, Tensor, str], Tensor] = manual_gradients,
 ) -> Tensor:
     """One step: gradients by hand, + penalty gradient, optimizer step, proximal l1 step.
+
+    `gradients` is `manual_gradients` or its compiled twin (`compile_gradients()`).
 
     Equals `optimizer.zero_grad(); loss.backward(); penalty.add_gradient_(...); optimizer.step();
     penalty.proximal_step_(...)` on the autograd path. Returns the data loss (0-dim, on device).
     """
-    loss = manual_gradients(model, x, y, task)
+    loss = gradients(model, x, y, task)
     active = penalty is not None and (penalty.l1_weight or penalty.l2_weight)
     if active:
         penalised = penalty.parameters(model)

@@ -7,6 +7,7 @@ steps, evaluate, log, checkpoint, and ask whether to stop.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import random
@@ -33,6 +34,7 @@ from ffn.metrics import evaluate, metric_name
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
 from ffn.run_logger import RunLogger
+from ffn.step import compile_gradients
 from ffn.step import train_step as manual_train_step
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,10 @@ class Run:
         self.state = LoopState()
         self.best_state: dict[str, Tensor] | None = None
         self.step = manual_train_step if self.model.backend == "manual" else autograd_train_step
+        if t.compile:
+            if self.model.backend != "manual":
+                raise ConfigError("trainer.compile", True, "false with model.backend=autograd")
+            self.step = functools.partial(manual_train_step, gradients=compile_gradients())
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -317,12 +323,12 @@ class Run:
         s.previous_objective = objective
         if t.rel_tol and s.calm_epochs >= max(t.patience, 1):
             return "converged"
-        if t.early_stopping:
-            if host["val/loss"] < s.best_val_loss:
-                s.best_val_loss, s.best_epoch = host["val/loss"], s.epoch
+        if host["val/loss"] < s.best_val_loss:  # the best so far, checkpointed with the rest
+            s.best_val_loss, s.best_epoch = host["val/loss"], s.epoch
+            if t.early_stopping:  # the weights are copied only when they may be restored
                 self.best_state = copy.deepcopy(self.model.state_dict())
-            elif s.epoch - s.best_epoch >= t.early_stopping:
-                return "early_stopping"
+        elif t.early_stopping and s.epoch - s.best_epoch >= t.early_stopping:
+            return "early_stopping"
         return None
 
     def final_metrics(self) -> tuple[dict[str, float], Tensor]:

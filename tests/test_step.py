@@ -198,3 +198,43 @@ def test_plain_sgd_fast_update_is_bitwise_sgd_with_a_schedule() -> None:
         assert torch.equal(a, b)
     momentum = torch.optim.SGD(fast.parameters(), lr=0.1, momentum=0.9)
     assert not is_plain_sgd(momentum)
+
+
+def _runner_config(**trainer: object):
+    """The default config on iris, quick and quiet, with `trainer` keys overridden."""
+    from omegaconf import OmegaConf
+
+    from ffn.config import Config
+
+    cfg = OmegaConf.structured(Config)
+    cfg.dataset.name = "iris"
+    cfg.trainer.merge_with(
+        {"max_epochs": 2, "histogram_every": 0, "figures": False, "progress": False, **trainer}
+    )
+    return cfg
+
+
+@pytest.mark.slow
+def test_runner_compile_trains_like_eager(tmp_path) -> None:
+    # trainer.compile=true swaps in torch.compile'd gradients (inductor, the real backend): the
+    # run must end where the eager run ends, up to float32 reassociation in fused kernels.
+    from ffn.train import train
+
+    threads = torch.get_num_threads()
+    try:
+        eager = train(_runner_config(), tmp_path / "eager")
+        compiled = train(_runner_config(compile=True), tmp_path / "compiled")
+    finally:
+        torch.set_num_threads(threads)
+    assert compiled.steps == eager.steps
+    for key, value in eager.metrics.items():
+        assert compiled.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_runner_compile_refuses_the_autograd_backend(tmp_path) -> None:
+    from ffn.train import train
+
+    cfg = _runner_config(compile=True)
+    cfg.model.backend = "autograd"
+    with pytest.raises(ConfigError, match=r"trainer\.compile"):
+        train(cfg, tmp_path)
