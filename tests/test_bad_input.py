@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_ffn
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 # Quick settings, first: a case that sets one of these keys again wins (Hydra keeps the last)
 QUICK = (
     "trainer.max_epochs=1",
@@ -180,16 +179,7 @@ def run_case(base: Path, case: Case) -> Result:
     prepare_run_folder(case, run)
     data = base / "data"
     overrides = [o.format(data=data, run=run) for o in case.overrides]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.run(
-        [sys.executable, "run.py", *QUICK, *overrides, f"hydra.run.dir={run}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = run_ffn(*QUICK, *overrides, f"hydra.run.dir={run}")
     return Result(case, data, run, proc)
 
 

@@ -10,15 +10,13 @@ import copy
 import csv
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_ffn
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
@@ -286,21 +284,8 @@ def test_every_penalty_file_builds_a_penalty() -> None:
             assert Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True)).name == option
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_help_lists_every_option_and_not_the_schema() -> None:
-    proc = cli("--help")
+    proc = run_ffn("--help", timeout=120)
     assert proc.returncode == 0, proc.stderr
     section = proc.stdout.split("== Configuration groups ==")[1].split("==")[0]
     listed = dict(re.findall(r"^(\w+): (.*)$", section, flags=re.M))
@@ -312,7 +297,7 @@ def test_help_lists_every_option_and_not_the_schema() -> None:
 
 
 def test_cfg_job_prints_the_main_keys() -> None:
-    proc = cli("--cfg", "job")
+    proc = run_ffn("--cfg", "job", timeout=120)
     assert proc.returncode == 0, proc.stderr
     printed = OmegaConf.create(proc.stdout)
     for key in (

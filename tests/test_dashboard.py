@@ -23,15 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import TINY, run_ffn
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "dataset=iris",
-    "trainer.max_epochs=2",
-    "trainer.histogram_every=0",
-    "trainer.figures=false",
-    "trainer.progress=false",
-]
 # run name -> (swept values, status in metrics.json, session status in the dashboard)
 EXPECTED = {
     "a/0": ({"model": "relu"}, "completed", "STATUS_SUCCESS"),
@@ -43,18 +36,6 @@ EXPECTED = {
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
 pytestmark = pytest.mark.slow
-
-
-def run_ffn(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-    )
 
 
 def free_port() -> int:
@@ -137,9 +118,11 @@ def wait_for(board: Board, proc: subprocess.Popen[bytes], timeout: float = 90) -
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
     logdir = tmp_path_factory.mktemp("outputs")
-    first = run_ffn("-m", *TINY, "model=relu,tanh", f"hydra.sweep.dir={logdir / 'a'}")
+    first = run_ffn("-m", *TINY, "model=relu,tanh", f"hydra.sweep.dir={logdir / 'a'}", timeout=240)
     assert first.returncode == 0, first.stderr  # a sweep without failures exits 0
-    second = run_ffn("-m", *TINY, "optimizer.lr=0.05,1e30,-1", f"hydra.sweep.dir={logdir / 'b'}")
+    second = run_ffn(
+        "-m", *TINY, "optimizer.lr=0.05,1e30,-1", f"hydra.sweep.dir={logdir / 'b'}", timeout=240
+    )
     assert second.returncode == 1, second.stderr
     proc, url = start_tensorboard(logdir)
     try:

@@ -35,14 +35,7 @@ shapes = st.tuples(st.integers(1, 8), st.integers(1, 6))  # (batch n, features d
 seeds = st.integers(0, 2**31 - 1)
 few = settings(max_examples=12, deadline=None)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only spins, and on a busy 2-core box costs 5x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 def randn(shape: tuple[int, ...], seed: int, dtype: torch.dtype = F64, scale: float = 1.0):
@@ -395,3 +388,35 @@ def test_functional_leaky_relu_uses_the_given_slope():
     torch.testing.assert_close(
         leaky_relu(z.detach()), torch.tensor([-0.02, -0.005, 1.0, 3.0], dtype=F64)
     )
+
+
+@st.composite
+def mse_extremes(draw):
+    """(n, M, pred values, target values), every value in [-1e4, 1e4]."""
+    n, m = draw(st.integers(1, 6)), draw(st.integers(1, 4))
+    values = st.floats(-1e4, 1e4, allow_nan=False)
+    pred = draw(st.lists(values, min_size=n * m, max_size=n * m))
+    target = draw(st.lists(values, min_size=n * m, max_size=n * m))
+    return n, m, pred, target
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@settings(max_examples=40, deadline=None)
+@given(case=mse_extremes())
+@example(case=(1, 1, [1e4], [-1e4]))
+def test_mse_finite_and_equal_to_torch_up_to_1e4(dtype, case):
+    n, m, pred_values, target_values = case
+    pred = torch.tensor(pred_values, dtype=dtype).reshape(n, m).requires_grad_()
+    target = torch.tensor(target_values, dtype=dtype).reshape(n, m)
+    loss = MSEFunction.apply(pred, target)
+    (grad,) = torch.autograd.grad(loss, pred)
+    twin = pred.detach().clone().requires_grad_()
+    native = F.mse_loss(twin, target, reduction="sum") / n
+    (native_grad,) = torch.autograd.grad(native, twin)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    # Relative to the loss's own size: values reach 4e8 per entry, so a fixed atol means nothing.
+    scale = float(native.detach().abs()) + 1.0
+    torch.testing.assert_close(
+        loss, native, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["rtol"] * scale
+    )
+    torch.testing.assert_close(grad, native_grad, **TOL[dtype])

@@ -6,50 +6,22 @@ plugin skips its test. The Slurm preset is only composed and instantiated: no cl
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, TINY, read_rows, run_ffn
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from ffn.config import register_configs
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "dataset=iris",
-    "trainer.max_epochs=2",
-    "trainer.histogram_every=0",
-    "trainer.figures=false",
-    "trainer.progress=false",
-]
-
-
-def run_ffn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 def statuses(sweep_dir: Path, n: int) -> list[str]:
     return [
         json.loads((sweep_dir / str(i) / "metrics.json").read_text())["status"] for i in range(n)
     ]
-
-
-def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
-    with open(sweep_dir / "summary.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def event_file_pid(run_dir: Path) -> str:
@@ -80,7 +52,8 @@ def test_joblib_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:
     for n in (0, 1):
         log = (tmp_path / str(n) / "run.log").read_text()
         assert f"torch threads: {threads} ({cores} cores, 2 parallel jobs)" in log
-    assert [r["status"] for r in summary_rows(tmp_path)] == ["completed", "diverged", "failed"]
+    rows = read_rows(tmp_path / "summary.csv")
+    assert [r["status"] for r in rows] == ["completed", "diverged", "failed"]
 
 
 @pytest.mark.slow
@@ -98,7 +71,7 @@ def test_submitit_local_runs_each_job_as_its_own_process(tmp_path: Path) -> None
     assert statuses(tmp_path, 2) == ["completed", "failed"]
     assert (tmp_path / ".submitit").is_dir()
     assert event_file_pid(tmp_path / "0") != str(os.getpid())
-    rows = summary_rows(tmp_path)  # .submitit/ holds no runs of its own
+    rows = read_rows(tmp_path / "summary.csv")  # .submitit/ holds no runs of its own
     assert [(r["optimizer.lr"], r["status"]) for r in rows] == [
         ("0.05", "completed"),
         ("-1", "failed"),
@@ -161,7 +134,7 @@ def test_optuna_search_survives_diverged_and_failed_trials(tmp_path: Path) -> No
     results = (sweep_dir / "optimization_results.yaml").read_text()
     assert f"best_value: {study.best_value}" in results
 
-    rows = summary_rows(sweep_dir)
+    rows = read_rows(sweep_dir / "summary.csv")
     assert len(rows) == 6
     assert float(rows[0]["val/accuracy"]) == pytest.approx(study.best_value, rel=1e-12)
     assert "optimizer.lr" in rows[0]

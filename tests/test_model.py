@@ -26,14 +26,7 @@ PENALTIES = {
     "elastic_net-proximal": Penalty("elastic_net", 0.1, "proximal", l1_ratio=0.3),
 }
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only spins, and on a busy 2-core box costs 5x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 def make_data(task: str, n: int, d: int, m: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,49 +6,19 @@ the command line) and the callback's hand-back of failed and diverged jobs to th
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import TINY, read_rows, run_ffn
 from hydra.core.utils import JobReturn, JobStatus
 
 from ffn import report
 from ffn.report import direction_for, load_run, read_event_files, summarize, write_report
 from ffn.run_logger import RunLogger
 from ffn.sweep import JobDiverged, hand_back
-
-ROOT = Path(__file__).resolve().parents[1]
-# Two epochs on iris, nothing but scalars and HParams
-TINY = [
-    "dataset=iris",
-    "trainer.max_epochs=2",
-    "trainer.histogram_every=0",
-    "trainer.figures=false",
-    "trainer.progress=false",
-]
-
-
-def run_ffn(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def fake_run(
@@ -257,6 +227,7 @@ def test_multirun_survives_divergence_and_errors(tmp_path: Path) -> None:
         "optimizer._target_=torch.optim.SGD,torch.optim.LBFGS",
         "optimizer.lr=0.02,0.05,1e30,-1",
         f"hydra.sweep.dir={sweep_dir}",
+        timeout=240,
     )
     assert proc.returncode == 1, proc.stderr
     expected = {

@@ -15,10 +15,9 @@ SWEEP_DIR/analysis.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -27,101 +26,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from tensorboard.backend.event_processing import event_accumulator
+from omegaconf import DictConfig
 
 from ffn.data import load_dataset
 from ffn.losses import loss_function
 from ffn.train import DTYPES, build_model
 
+# common.py is one folder up: `python experiments/<study>/analyze.py` puts only <study>/ on path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import (
+    command_line,
+    load_runs,
+    mean_std,
+    save_figure,
+    scalar_curve,
+    sweep_minutes,
+    write_results,
+)
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 NAME = HERE.name
-BEGIN, END = "<!-- results: begin (written by analyze.py) -->", "<!-- results: end -->"
 DATASETS = ("breast_cancer", "digits", "diabetes")
-
-
-# --------------------------------------------------------------------------- reading a sweep
-
-
-@dataclass
-class Run:
-    """One job of the sweep: its folder, composed config and metrics.json."""
-
-    path: Path
-    cfg: DictConfig
-    status: str
-    metrics: dict[str, float]
-    record: dict  # metrics.json as written: epochs, stop_reason, wall_time_s, ...
-
-
-def latest_sweep(name: str) -> Path:
-    base = ROOT / "outputs" / "experiments" / name
-    sweeps = sorted(p for p in base.glob("*") if p.is_dir())
-    if not sweeps:
-        raise SystemExit(f"no sweep under {base}: run `python run.py -m experiment={name}` first")
-    return sweeps[-1]
-
-
-def load_runs(sweep: Path) -> list[Run]:
-    """Every job folder of the sweep, in job order; a job without metrics.json counts as failed."""
-    runs = []
-    for config in sweep.glob("*/.hydra/config.yaml"):
-        path = config.parents[1]
-        record = {"status": "failed"}
-        if (path / "metrics.json").exists():
-            record = json.loads((path / "metrics.json").read_text())
-        metrics = {k: math.nan if v is None else v for k, v in record.get("metrics", {}).items()}
-        runs.append(Run(path, OmegaConf.load(config), record["status"], metrics, record))
-    if not runs:
-        raise SystemExit(f"no runs under {sweep}")
-    return sorted(runs, key=lambda r: (not r.path.name.isdigit(), int("0" + r.path.name), r.path))
-
-
-def scalar_curve(run_dir: Path, tag: str) -> np.ndarray:
-    """A TensorBoard scalar of the run, one value per step (epoch).  -> (n_steps,)."""
-    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    if tag not in acc.Tags()["scalars"]:
-        return np.array([])
-    return np.array([e.value for e in acc.Scalars(tag)])
-
-
-def sweep_minutes(sweep: Path) -> float:
-    """Minutes from the sweep's start (its multirun.yaml) to the last file a job wrote."""
-    start = (sweep / "multirun.yaml").stat().st_mtime
-    jobs = [p for p in sweep.glob("*/**/*") if p.is_file() and p.parent != sweep]
-    return (max(p.stat().st_mtime for p in jobs) - start) / 60
-
-
-def mean_std(values, fmt: str = "{:.2f}", scale: float = 1.0) -> str:
-    """`mean ± std` (sample std) of the finite values, with how many were not finite."""
-    values = np.asarray(values, dtype=float) * scale
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return "—"
-    std = finite.std(ddof=1) if finite.size > 1 else 0.0
-    text = f"{fmt.format(finite.mean())} ± {fmt.format(std)}"
-    missing = values.size - finite.size
-    return text + (f" ({missing} not finite)" if missing else "")
-
-
-def write_results(out: Path, block: str, line: str) -> None:
-    """The block between the markers of out/README.md; the line into experiments/README.md."""
-    readme = out / "README.md"
-    text = readme.read_text() if readme.exists() else f"{BEGIN}\n{END}\n"
-    readme.write_text(_between(text, BEGIN, END, block))
-    index = out.parent / "README.md"
-    begin, end = f"<!-- {NAME}: begin -->", f"<!-- {NAME}: end -->"
-    if index.exists() and begin in index.read_text():
-        index.write_text(_between(index.read_text(), begin, end, line))
-
-
-def _between(text: str, begin: str, end: str, body: str) -> str:
-    head, rest = text.split(begin, 1)
-    indent = head.rsplit("\n", 1)[-1]  # markers inside a list item: indent the body alike
-    body = "\n".join(indent + row if row else row for row in body.strip("\n").split("\n"))
-    return f"{head}{begin}\n{body}\n{indent}{end}{rest.split(end, 1)[1]}"
 
 
 # --------------------------------------------------------------------------- the study
@@ -263,7 +188,7 @@ def analyze(sweep: Path, out: Path) -> dict:
         "Largest eta of the grid whose training loss never rose, in units of 2/L (L from "
         f"the Hessian at the start; mean ± std over {n_seeds} seeds): " + "; ".join(parts) + "."
     )
-    write_results(out, block, line)
+    write_results(out, NAME, block, line)
     analysis = {"per_seed": per_seed, "rows": rows, "line": line}
     (sweep / "analysis.json").write_text(json.dumps(analysis, indent=1, allow_nan=True))
     print(block + "\n\n" + line)
@@ -325,19 +250,11 @@ def plot_edge(rows, datasets, path):
     ax.set_ylabel("loss after the last step / loss at the start (capped at 1e3)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", nargs="?", type=Path, help="the sweep folder (default: latest)")
-    parser.add_argument(
-        "--out", type=Path, default=HERE, help="README.md and figures (default: here)"
-    )
-    args = parser.parse_args(argv)
-    analyze(args.sweep or latest_sweep(NAME), args.out)
+    command_line(analyze, __doc__, HERE, argv)
 
 
 if __name__ == "__main__":
