@@ -171,6 +171,25 @@ def validate(cfg: DictConfig | Any) -> None:
     if split not in SPLITS or name not in METRICS:
         allowed = f"SPLIT/NAME with SPLIT in {', '.join(SPLITS)} and NAME in {', '.join(METRICS)}"
         raise ConfigError("optimized_metric", cfg.optimized_metric, allowed)
+    check_validation_part(cfg)
+
+
+def check_validation_part(cfg: DictConfig | Any) -> None:
+    """With dataset.val_fraction=0 there is no val part: refuse what would need one."""
+    if cfg.dataset.val_fraction != 0:
+        return
+    need = "a validation part (dataset.val_fraction > 0)"
+    if cfg.trainer.early_stopping:
+        raise ConfigError(
+            "trainer.early_stopping", cfg.trainer.early_stopping, f"0 (off), or {need}"
+        )
+    if cfg.optimized_metric.startswith("val/"):
+        raise ConfigError(
+            "optimized_metric",
+            cfg.optimized_metric,
+            "a train/ or test/ metric, set e.g. optimized_metric=test/accuracy or train/loss "
+            f"(val/, the default, needs {need})",
+        )
 
 
 def _validate_schedule(schedule: DictConfig) -> None:

@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ffn import checkpoint
+from ffn.config import check_validation_part
 from ffn.data import Dataset, load_dataset
 from ffn.errors import ConfigError
 from ffn.interrupt import StopFlag, stop_on_signals
@@ -156,6 +157,7 @@ class Run:
             cfg.dataset, seed=t.seed, device=self.device, dtype=DTYPES[t.dtype]
         )
         self.task, self.score = self.data.task, metric_name(self.data.task)
+        check_validation_part(cfg)
         other = "r2" if self.score == "accuracy" else "accuracy"
         if cfg.optimized_metric.endswith("/" + other):
             allowed = f"a metric of a {self.task} dataset: val/loss, val/{self.score}, ..."
@@ -251,9 +253,10 @@ class Run:
             s.epoch, s.batch = s.epoch + 1, 0
             host = self.end_of_epoch(logger)
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{host['train/loss']:.4g}", val=f"{host[f'val/{self.score}']:.4f}"
-            )
+            postfix = {"loss": f"{host['train/loss']:.4g}"}
+            if f"val/{self.score}" in host:
+                postfix["val"] = f"{host[f'val/{self.score}']:.4f}"
+            bar.set_postfix(postfix)
             if not all(math.isfinite(v) for v in host.values()):
                 status, reason = "diverged", "diverged"
                 break  # the last checkpoint, from a finite epoch, stays as it is
@@ -287,7 +290,6 @@ class Run:
         lr = self.optimizer.param_groups[0]["lr"]
         self.schedule.step()
         train_m, _, preactivations = evaluate(self.model, data.x_train, data.y_train, self.task)
-        val_m, _, _ = evaluate(self.model, data.x_val, data.y_val, self.task)
         with torch.no_grad():
             pen = self.penalty.value(self.penalised).to(train_m["loss"])
         scalars = {
@@ -296,9 +298,10 @@ class Run:
             "train/penalty": pen,
             "train/objective": train_m["loss"] + pen,
             "train/grad_norm": gradient_norm(self.model),
-            "val/loss": val_m["loss"],
-            f"val/{score}": val_m[score],
         }
+        if data.n_val:  # val_fraction=0: no val part, so no val/ scalars at all
+            val_m, _, _ = evaluate(self.model, data.x_val, data.y_val, self.task)
+            scalars.update({"val/loss": val_m["loss"], f"val/{score}": val_m[score]})
         # One host transfer per epoch: no synchronisation inside the steps.
         values = torch.stack([v.detach().double().cpu() for v in scalars.values()]).tolist()
         host = dict(zip(scalars, values, strict=True))
@@ -323,6 +326,8 @@ class Run:
         s.previous_objective = objective
         if t.rel_tol and s.calm_epochs >= max(t.patience, 1):
             return "converged"
+        if "val/loss" not in host:  # no val part (validate refuses early stopping without one)
+            return None
         if host["val/loss"] < s.best_val_loss:  # the best so far, checkpointed with the rest
             s.best_val_loss, s.best_epoch = host["val/loss"], s.epoch
             if t.early_stopping:  # the weights are copied only when they may be restored
@@ -334,7 +339,7 @@ class Run:
     def final_metrics(self) -> tuple[dict[str, float], Tensor]:
         """Loss and score on every split for the model as it ends, and the test output (n, M)."""
         metrics: dict[str, float] = {}
-        for split in ("train", "val", "test"):
+        for split in ("train", "val", "test") if self.data.n_val else ("train", "test"):
             x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
             values, out, _ = evaluate(self.model, x, y, self.task)
             if not torch.isfinite(values["loss"]):  # argmax of NaN logits is no accuracy

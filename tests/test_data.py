@@ -11,8 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from sklearn import datasets as skdatasets
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
 
 from ffn.data import DATASETS, Dataset, DatasetConfig, load_dataset
+from ffn.data.split import split_indices
 from ffn.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
@@ -202,6 +205,70 @@ def test_fractions_set_the_part_sizes() -> None:
     assert (d.n_train, d.n_val, d.n_test) == (260, 100, 40)
 
 
+SKLEARN_SPLIT = {"split_seed": 0, "stratify": False, "test_fraction": 0.25, "val_fraction": 0}
+LOADERS = {"digits": skdatasets.load_digits, "breast_cancer": skdatasets.load_breast_cancer}
+
+
+@pytest.mark.parametrize("name", ["digits", "breast_cancer"])
+def test_split_seed_is_sklearns_train_test_split_exactly(name: str) -> None:
+    # train_test_split(X, y, test_size=0.25, random_state=0): the protocol
+    x, y = LOADERS[name](return_X_y=True)
+    train, test = train_test_split(np.arange(len(x)), test_size=0.25, random_state=0)
+    for seed in (0, 7):  # the run's seed does not move a given split_seed
+        cfg = DatasetConfig(name=name, standardize=False, **SKLEARN_SPLIT)
+        d = load_dataset(cfg, seed=seed, dtype=torch.float64)
+        assert d.n_val == 0 and d.x_val.shape == (0, x.shape[1])
+        for rows, xs, ys in ((train, d.x_train, d.y_train), (test, d.x_test, d.y_test)):
+            rows = np.sort(rows)  # the parts keep the rows in the data's order
+            assert torch.equal(xs, torch.as_tensor(x[rows])) and torch.equal(
+                ys, torch.as_tensor(y[rows])
+            )
+
+    # standardised on the train part, as StandardScaler fitted on sklearn's train rows
+    scaled = load_dataset(DatasetConfig(name=name, **SKLEARN_SPLIT), seed=0, dtype=torch.float64)
+    scaler = StandardScaler().fit(x[np.sort(train)])
+    np.testing.assert_allclose(
+        scaled.x_test.numpy(), scaler.transform(x[np.sort(test)]), rtol=1e-10, atol=1e-10
+    )
+
+
+def test_split_seed_stratified_is_sklearns_stratified_test_part() -> None:
+    x, y = skdatasets.load_iris(return_X_y=True)
+    _, test = train_test_split(np.arange(len(x)), test_size=0.2, random_state=3, stratify=y)
+    cfg = DatasetConfig(name="iris", split_seed=3, standardize=False)  # stratify by default
+    d = load_dataset(cfg, seed=0, dtype=torch.float64)
+    assert torch.equal(d.x_test, torch.as_tensor(x[np.sort(test)]))
+    assert d.n_val == round(0.15 * 150) and d.n_train + d.n_val + d.n_test == 150
+
+
+def test_stratify_false_is_a_plain_shuffle_split() -> None:
+    # 10 of class 1 among 100 rows: stratified, each part holds 10%; not stratified, it may not
+    y = (np.arange(100) % 10 == 0).astype(int)
+    seen = set()
+    for seed in range(20):
+        cfg = DatasetConfig(split_seed=seed, stratify=False, test_fraction=0.2, val_fraction=0)
+        parts_ = split_indices(y, 100, cfg, "dataset.n_samples", seed)
+        _, test = train_test_split(np.arange(100), test_size=0.2, random_state=seed)
+        assert np.array_equal(parts_.test, np.sort(test))
+        seen.add(int(y[parts_.test].sum()))
+        strat = split_indices(y, 100, DatasetConfig(test_fraction=0.2), "dataset.n_samples", seed)
+        assert y[strat.test].sum() == 2
+    assert len(seen) > 1
+
+
+@pytest.mark.parametrize(("name", "n"), [("digits", 1797), ("moons", 200), ("diabetes", 442)])
+def test_val_fraction_zero_leaves_no_val_part(name: str, n: int) -> None:
+    d = load_dataset(small(name, val_fraction=0.0), seed=1)
+    assert d.n_val == 0 and d.x_val.shape == (0, d.in_features) and len(d.y_val) == 0
+    assert d.n_test == round(0.2 * n) and d.n_train == n - d.n_test
+
+
+def test_mnist1d_at_the_packages_sizes() -> None:
+    cfg = DatasetConfig(name="mnist1d", n_samples=5000, test_fraction=0.2, val_fraction=0)
+    d = load_dataset(cfg, seed=0)
+    assert (d.n_train, d.n_val, d.n_test) == (4000, 0, 1000)
+
+
 # --- determinism --------------------------------------------------------------------------------
 
 
@@ -288,7 +355,11 @@ def raises(key: str, cfg: DatasetConfig | dict, **kwargs: object) -> str:
     ("key", "cfg"),
     [
         ("dataset.name", DatasetConfig(name="mnist")),
-        ("dataset.val_fraction", DatasetConfig(val_fraction=0.0)),
+        ("dataset.val_fraction", DatasetConfig(val_fraction=-0.1)),
+        ("dataset.split_seed", DatasetConfig(split_seed=-1)),
+        ("dataset.split_seed", DatasetConfig(split_seed=2**32)),
+        ("dataset.split_seed", DatasetConfig(split_seed=0.5)),  # type: ignore[arg-type]
+        ("dataset.stratify", DatasetConfig(stratify="no")),  # type: ignore[arg-type]
         ("dataset.val_fraction", DatasetConfig(val_fraction=float("nan"))),
         ("dataset.test_fraction", DatasetConfig(test_fraction=1.2)),
         ("dataset.test_fraction", DatasetConfig(test_fraction=-0.1)),

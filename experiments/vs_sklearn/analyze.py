@@ -3,13 +3,14 @@
     python experiments/vs_sklearn/analyze.py [SWEEP_DIR] [--out DIR]
 
 SWEEP_DIR is a folder of `python run.py -m experiment=vs_sklearn` (default: the latest under
-outputs/experiments/vs_sklearn/). For each ffn run this script fits sklearn's MLPClassifier with
-its defaults (hidden_layer_sizes=(64,), the same activation, random_state = the run's seed,
-max_iter = the run's epochs) twice, on one thread as ffn: on ffn's very split (same train rows,
-same standardisation), and on sklearn's own (train_test_split(test_size=0.25, random_state=0),
-StandardScaler fitted on its train part). Wall times: ffn's training loop from metrics.json,
-sklearn's fit. Writes the table into DIR/README.md between the results markers, the figure into
-DIR (default: this folder), the study's line into experiments/README.md when DIR is this folder,
+outputs/experiments/vs_sklearn/). The runs split as sklearn does (dataset.split_seed=0,
+stratify=false, test_fraction=0.25, val_fraction=0); this script checks that each run's train and
+test rows are those of train_test_split(test_size=0.25, random_state=0), then fits sklearn's
+MLPClassifier with its defaults (hidden_layer_sizes=(64,), the same activation, random_state = the
+run's seed, max_iter = the run's epochs) on that split, StandardScaler fitted on its train part,
+on one thread as ffn. Wall times: ffn's training loop from metrics.json, sklearn's fit. Writes
+the table into DIR/README.md between the results markers, the figure into DIR (default: this
+folder), the study's line into experiments/README.md when DIR is this folder,
 and every number into SWEEP_DIR/analysis.json.
 """
 
@@ -80,6 +81,13 @@ def sklearn_split(name: str) -> tuple[np.ndarray, ...]:
     return scale.transform(x_train), y_train, scale.transform(x_test), y_test
 
 
+def same_rows(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether a and b, both (n, d), hold the same rows in any order."""
+    if a.shape != b.shape:
+        return False
+    return np.allclose(a[np.lexsort(a.T)], b[np.lexsort(b.T)], rtol=0, atol=1e-9)
+
+
 def analyze(sweep: Path, out: Path) -> dict:
     runs = load_runs(sweep)
     rows = []
@@ -88,16 +96,16 @@ def analyze(sweep: Path, out: Path) -> dict:
         seed, epochs = cfg.trainer.seed, cfg.trainer.max_epochs
         activation, name = cfg.model.activation, cfg.dataset.name
         data = load_dataset(cfg.dataset, seed=seed, dtype=torch.float64)
-        same = fit_sklearn(
-            data.x_train.numpy(),
-            data.y_train.numpy(),
-            data.x_test.numpy(),
-            data.y_test.numpy(),
-            activation,
-            seed,
-            epochs,
-        )
-        own = fit_sklearn(*sklearn_split(name), activation, seed, epochs)
+        split = sklearn_split(name)
+        if data.n_val or not all(
+            same_rows(ffn_part.numpy(), sk_part)
+            for ffn_part, sk_part in ((data.x_train, split[0]), (data.x_test, split[2]))
+        ):
+            raise SystemExit(
+                f"{run.path}: not sklearn's split; run with dataset.split_seed=0 "
+                "dataset.stratify=false dataset.test_fraction=0.25 dataset.val_fraction=0"
+            )
+        sk = fit_sklearn(*split, activation, seed, epochs)
         rows.append(
             {
                 "dataset": name,
@@ -109,8 +117,7 @@ def analyze(sweep: Path, out: Path) -> dict:
                 "ffn_epochs": run.record.get("epochs"),
                 "n_train": data.n_train,
                 "n_test": data.n_test,
-                "sklearn_same_split": same,
-                "sklearn_own_split": own,
+                "sklearn": sk,
             }
         )
     names = [d for d in LOADERS if any(r["dataset"] == d for r in rows)]
@@ -121,12 +128,12 @@ def analyze(sweep: Path, out: Path) -> dict:
         f"Test accuracy (%) and training wall time (s, one thread), mean ± std over {n_seeds} "
         f"seeds; {first.trainer.max_epochs} epochs of Adam (lr {first.optimizer.lr:g}, batch "
         f"{first.trainer.batch_size}) on both sides (sklearn may stop earlier on its tol). "
-        "Same split: sklearn fitted on ffn's train part of each seed and tested on its test part. "
-        "sklearn's split: test_size=0.25, random_state=0.",
+        "Both on one split, sklearn's train_test_split(test_size=0.25, random_state=0) "
+        "for every seed: the seeds change the initialisation and the minibatches only.",
         "",
-        "| dataset | activation | ffn | sklearn, same split | sklearn, sklearn's split | "
-        "ffn time (s) | sklearn time (s) | sklearn epochs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| dataset | activation | ffn | sklearn | ffn time (s) | sklearn time (s) | "
+        "sklearn epochs |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     gaps, slower = [], []
     for d in names:
@@ -135,33 +142,33 @@ def analyze(sweep: Path, out: Path) -> dict:
             if not mine:
                 continue
             ffn_acc = [r["ffn_accuracy"] for r in mine]
-            same = [r["sklearn_same_split"]["accuracy"] for r in mine]
-            gaps.append(np.nanmean(ffn_acc) - np.mean(same))
+            sk = [r["sklearn"]["accuracy"] for r in mine]
+            gaps.append(np.nanmean(ffn_acc) - np.mean(sk))
             slower.append(
                 np.nanmean([r["ffn_wall_time_s"] for r in mine])
-                / np.mean([r["sklearn_same_split"]["wall_time_s"] for r in mine])
+                / np.mean([r["sklearn"]["wall_time_s"] for r in mine])
             )
             lines.append(
                 f"| {d} | {a} | {mean_std(ffn_acc, '{:.1f}', 100)} | "
-                f"{mean_std(same, '{:.1f}', 100)} | "
-                f"{mean_std([r['sklearn_own_split']['accuracy'] for r in mine], '{:.1f}', 100)} | "
+                f"{mean_std(sk, '{:.1f}', 100)} | "
                 f"{mean_std([r['ffn_wall_time_s'] for r in mine], '{:.2f}')} | "
-                f"{mean_std([r['sklearn_same_split']['wall_time_s'] for r in mine], '{:.2f}')} | "
-                f"{mean_std([r['sklearn_same_split']['epochs'] for r in mine], '{:.0f}')} |"
+                f"{mean_std([r['sklearn']['wall_time_s'] for r in mine], '{:.2f}')} | "
+                f"{mean_std([r['sklearn']['epochs'] for r in mine], '{:.0f}')} |"
             )
     r0 = rows[0]
     lines += [
         "",
-        f"ffn's split keeps {first.dataset.test_fraction:g} of the data for test and "
-        f"{first.dataset.val_fraction:g} for validation (e.g. {r0['dataset']}: {r0['n_train']} "
-        f"train, {r0['n_test']} test rows). The ffn sweep: {len(runs)} runs in "
+        f"The split keeps {first.dataset.test_fraction:g} of the data for test, not stratified, "
+        f"and none for validation (e.g. {r0['dataset']}: {r0['n_train']} train, "
+        f"{r0['n_test']} test rows). The ffn sweep: {len(runs)} runs in "
         f"{sweep_minutes(sweep):.1f} min of wall time (sklearn's fits are made by this script).",
     ]
     block = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     plot_accuracy(rows, names, activations, out / "accuracy.png")
     line = (
-        "Against MLPClassifier(hidden_layer_sizes=(64,)) on the same splits, ffn's test accuracy "
+        "Against MLPClassifier(hidden_layer_sizes=(64,)) on sklearn's split "
+        "(train_test_split(test_size=0.25, random_state=0)), ffn's test accuracy "
         f"differs by {min(gaps) * 100:+.1f} to {max(gaps) * 100:+.1f} points over "
         f"{len(gaps)} dataset x activation pairs (mean of {n_seeds} seeds), in "
         f"{min(slower):.1f} to {max(slower):.1f} times sklearn's wall time."
@@ -174,15 +181,14 @@ def analyze(sweep: Path, out: Path) -> dict:
 
 
 def plot_accuracy(rows, names, activations, path):
-    """Grouped bars: ffn and sklearn (same split) per dataset and activation, error bars: std."""
+    """Grouped bars: ffn and sklearn per dataset and activation, error bars: std."""
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
     for ax, d in zip(axes[0], names, strict=True):
         x = np.arange(len(activations))
         for k, (label, get) in enumerate(
             (
                 ("ffn", lambda r: r["ffn_accuracy"]),
-                ("sklearn, same split", lambda r: r["sklearn_same_split"]["accuracy"]),
-                ("sklearn, its split", lambda r: r["sklearn_own_split"]["accuracy"]),
+                ("sklearn", lambda r: r["sklearn"]["accuracy"]),
             )
         ):
             values = [
@@ -191,7 +197,7 @@ def plot_accuracy(rows, names, activations, path):
             ]
             mean = [np.nanmean(v) for v in values]
             std = [np.nanstd(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
-            ax.bar(x + (k - 1) * 0.27, mean, 0.27, yerr=std, capsize=2, label=label)
+            ax.bar(x + (k - 0.5) * 0.4, mean, 0.4, yerr=std, capsize=2, label=label)
         ax.set_xticks(x, activations)
         low = min(100 * r["ffn_accuracy"] for r in rows if r["dataset"] == d)
         ax.set_ylim(max(0, low - 10), 100)

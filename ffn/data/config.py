@@ -11,6 +11,7 @@ from typing import Any
 from ffn.errors import ConfigError
 
 TASKS = ("classification", "regression")
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which sklearn uses, takes no more
 
 
 @dataclass
@@ -22,8 +23,13 @@ class DatasetConfig:
     """
 
     name: str = "digits"  # one of DATASETS
-    val_fraction: float = 0.15
+    val_fraction: float = 0.15  # 0: no val part (no early stopping, no val/ metrics)
     test_fraction: float = 0.2
+    # null: the split's seed derives from the run's seed. Set: the test part is exactly
+    # sklearn's train_test_split(test_size=test_fraction, random_state=split_seed, stratify=...)
+    # (its ceil-rounded test size included); a val part is then split off the rest with it too.
+    split_seed: int | None = None
+    stratify: bool = True  # classification: every part keeps the class proportions
     standardize: bool = True  # x, and regression y, by mean/std of the train part only
     n_samples: int = 1000  # synthetic sets and mnist1d
     noise: float = 0.1  # std of the Gaussian noise the synthetic sets add
@@ -50,6 +56,10 @@ def as_config(cfg: DatasetConfig | Mapping[str, Any]) -> DatasetConfig:
         cfg = DatasetConfig(**{key: cfg[key] for key in cfg})
     _check_types(cfg)
     _check_fractions(cfg)
+    if cfg.split_seed is not None and not 0 <= cfg.split_seed <= MAX_SEED:
+        raise ConfigError(
+            "dataset.split_seed", cfg.split_seed, f"null or an integer in [0, {MAX_SEED}]"
+        )
     if cfg.task is not None and cfg.task not in TASKS:
         raise ConfigError("dataset.task", cfg.task, "null (infer) or one of: " + ", ".join(TASKS))
     return cfg
@@ -60,8 +70,9 @@ def _check_types(cfg: DatasetConfig) -> None:
     hints = typing.get_type_hints(DatasetConfig)
     for f in dataclasses.fields(cfg):
         value, hint = getattr(cfg, f.name), hints[f.name]
-        optional = type(None) in typing.get_args(hint)
-        kind = str if optional else hint
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        kind = next(a for a in args if a is not type(None)) if optional else hint
         if optional and value is None:
             continue
         # bool is an int subclass, and a YAML `1` is a fine float
@@ -73,11 +84,15 @@ def _check_types(cfg: DatasetConfig) -> None:
 
 
 def _check_fractions(cfg: DatasetConfig) -> None:
-    """Both parts non-empty fractions that leave some data to train on."""
-    for key in ("val_fraction", "test_fraction"):
-        value = getattr(cfg, key)
-        if not 0.0 < value < 1.0:  # also refuses NaN
-            raise ConfigError(f"dataset.{key}", value, "a fraction strictly between 0 and 1")
+    """A non-empty test part, a val part that may be empty, and some data left to train on."""
+    if not 0.0 < cfg.test_fraction < 1.0:  # also refuses NaN
+        raise ConfigError(
+            "dataset.test_fraction", cfg.test_fraction, "a fraction strictly between 0 and 1"
+        )
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise ConfigError(
+            "dataset.val_fraction", cfg.val_fraction, "a fraction in [0, 1) (0: no val part)"
+        )
     if cfg.val_fraction + cfg.test_fraction >= 1.0:
         raise ConfigError(
             "dataset.val_fraction",

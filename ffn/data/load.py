@@ -47,6 +47,8 @@ def load_dataset(
     device = _device(device)
     # Independent streams, so the split does not replay the generator's draws
     make_seed, split_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
+    if cfg.split_seed is not None:  # the same split whatever the run's seed
+        split_seed = cfg.split_seed
     arrays = DATASETS[cfg.name](cfg, make_seed)
     if cfg.name != "file" and cfg.task not in (None, arrays.task):
         raise ConfigError("dataset.task", cfg.task, f"null or {arrays.task!r} for {cfg.name}")

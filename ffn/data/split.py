@@ -1,7 +1,8 @@
-"""Seeded train/val/test split, stratified for classification, with sizes checked up front."""
+"""Seeded train/val/test split (stratified for classification unless told not), sizes checked."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,13 +27,19 @@ class Parts:
 def split_indices(
     labels: np.ndarray | None, n: int, cfg: DatasetConfig, size_key: str | None, seed: int
 ) -> Parts:
-    """Split n rows; labels: (n,) class labels to stratify by, or None for regression."""
+    """Split n rows; labels: (n,) class labels, stratified by unless cfg.stratify, or None.
+
+    Test off the whole, then val (none when val_fraction is 0) off the rest, both with `seed`.
+    """
+    labels = labels if cfg.stratify else None
     n_test, n_val = _part_sizes(labels, n, cfg, size_key)
     rows = np.arange(n)
     try:
         rest, test = train_test_split(rows, test_size=n_test, random_state=seed, stratify=labels)
-        strat = None if labels is None else labels[rest]
-        train, val = train_test_split(rest, test_size=n_val, random_state=seed, stratify=strat)
+        train, val = rest, rest[:0]
+        if n_val:
+            strat = None if labels is None else labels[rest]
+            train, val = train_test_split(rest, test_size=n_val, random_state=seed, stratify=strat)
     except ValueError as exc:  # a rare imbalanced case the size checks let through
         key, value = _blame(size_key, cfg)
         raise ConfigError(key, value, f"enough samples per class to stratify ({exc})") from None
@@ -59,9 +66,11 @@ def _part_sizes(
     if n < MIN_PER_CLASS * need:
         raise ConfigError(key, value, f"at least {MIN_PER_CLASS * need} samples to split; got {n}")
     n_test = max(1, round(cfg.test_fraction * n))
-    n_val = max(1, round(cfg.val_fraction * n))
+    if cfg.split_seed is not None:  # as train_test_split(test_size=test_fraction): it rounds up
+        n_test = math.ceil(cfg.test_fraction * n)
+    n_val = max(1, round(cfg.val_fraction * n)) if cfg.val_fraction else 0  # 0: no val part
     for part, size, frac in (("test", n_test, "test_fraction"), ("val", n_val, "val_fraction")):
-        if size < need:
+        if 0 < size < need:
             raise ConfigError(
                 f"dataset.{frac}",
                 getattr(cfg, frac),
