@@ -28,7 +28,7 @@ from ffn.functions import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
-from ffn.losses import TASKS
+from ffn.losses import TASKS, loss_function
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
 
@@ -149,6 +149,26 @@ def train_step(
     if active:
         penalty.proximal_step_(optimizer, penalised)
     return loss
+
+
+def autograd_train_step(
+    model: FeedForward,
+    optimizer: torch.optim.Optimizer,
+    penalty: Penalty,
+    x: Tensor,
+    y: Tensor,
+    task: str,
+) -> Tensor:
+    """The same step through an autograd graph: what `train_step` replaces, and what the
+    runner takes for `model.backend=autograd` (torch's own ops) or the Function path."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_function(task, model.backend)(model(x), y)
+    loss.backward()
+    penalised = penalty.parameters(model)
+    penalty.add_gradient_(penalised)
+    optimizer.step()
+    penalty.proximal_step_(optimizer, penalised)
+    return loss.detach()
 
 
 def compile_gradients(**compile_kwargs) -> Callable[[FeedForward, Tensor, Tensor, str], Tensor]:

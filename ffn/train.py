@@ -30,12 +30,11 @@ from ffn.config import check_validation_part
 from ffn.data import Dataset, load_dataset
 from ffn.errors import ConfigError
 from ffn.interrupt import StopFlag, stop_on_signals
-from ffn.losses import loss_function
 from ffn.metrics import evaluate, metric_name
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
 from ffn.run_logger import RunLogger
-from ffn.step import compile_gradients
+from ffn.step import autograd_train_step, compile_gradients
 from ffn.step import train_step as manual_train_step
 
 log = logging.getLogger(__name__)
@@ -123,18 +122,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def autograd_train_step(model, optimizer, penalty, x, y, task) -> Tensor:
-    """The same step through an autograd graph (backend=autograd: torch's own ops)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss_function(task, model.backend)(model(x), y)
-    loss.backward()
-    penalised = penalty.parameters(model)
-    penalty.add_gradient_(penalised)
-    optimizer.step()
-    penalty.proximal_step_(optimizer, penalised)
-    return loss.detach()
 
 
 def gradient_norm(model: FeedForward) -> Tensor:

@@ -17,6 +17,7 @@ import torch
 from ffn import ACTIVATIONS, ConfigError, FeedForward, Penalty
 from ffn.losses import TASKS, loss_function
 from ffn.step import (
+    autograd_train_step,
     compile_gradients,
     is_plain_sgd,
     manual_gradients,
@@ -114,18 +115,6 @@ PENALTIES = {
 }
 
 
-def reference_step(model, optimizer, penalty, x, y, task) -> torch.Tensor:
-    """The autograd loop that `train_step` replaces."""
-    optimizer.zero_grad()
-    loss = loss_function(task, model.backend)(model(x), y)
-    loss.backward()
-    penalised = penalty.parameters(model)
-    penalty.add_gradient_(penalised)
-    optimizer.step()
-    penalty.proximal_step_(optimizer, penalised)
-    return loss.detach()
-
-
 @pytest.mark.parametrize("penalty", list(PENALTIES.values()), ids=list(PENALTIES))
 @pytest.mark.parametrize("opt", list(OPTIMIZERS))
 @pytest.mark.parametrize("task", TASKS)
@@ -137,7 +126,7 @@ def test_train_step_equals_backward_and_optimizer_step(task, opt, penalty):
     for step in range(3):  # momentum buffers and Adam's moments carry over between steps
         x, y = problem(task, seed=step)
         loss = train_step(model, optimizer, penalty, x, y, task)
-        ref_loss = reference_step(twin, twin_optimizer, penalty, x, y, task)
+        ref_loss = autograd_train_step(twin, twin_optimizer, penalty, x, y, task)
         torch.testing.assert_close(loss, ref_loss, **CLOSE)
         for p, q in zip(model.parameters(), twin.parameters(), strict=True):
             torch.testing.assert_close(p, q, **CLOSE)
