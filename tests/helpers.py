@@ -19,19 +19,28 @@ TINY = [
 ]
 
 
-def run_ffn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """`python run.py ARGS` from the repository root; a failing run returns, it does not raise."""
-    # HYDRA_FULL_ERROR=1 (set in some shells) would turn ffn's one-line errors into tracebacks
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+def ffn_env() -> dict[str, str]:
+    """This environment, less HYDRA_FULL_ERROR: set in some shells, it would turn ffn's one-line
+    errors into tracebacks."""
+    return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+
+
+def run_python(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` from the repository root; a failing command returns, it does not raise."""
     return subprocess.run(
-        [sys.executable, "run.py", *args],
+        [sys.executable, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=ffn_env(),
         check=False,
     )
+
+
+def run_ffn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python run.py ARGS` from the repository root."""
+    return run_python("run.py", *args, timeout=timeout)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

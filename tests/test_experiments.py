@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT, run_ffn, run_python
 
-ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "experiment"
 STUDIES = {  # study folder -> the experiment configs its sweeps come from
     "activations_depth": ["activations_depth"],
@@ -31,14 +29,7 @@ STUDIES = {  # study folder -> the experiment configs its sweeps come from
 def run_smoke(name: str, tmp_path: Path) -> Path:
     """`python run.py -m experiment=<name>_smoke` into tmp_path/name; returns the sweep folder."""
     sweep = tmp_path / name
-    proc = subprocess.run(
-        [sys.executable, "run.py", "-m", f"experiment={name}_smoke", f"hydra.sweep.dir={sweep}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = run_ffn("-m", f"experiment={name}_smoke", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sweep
 
@@ -46,20 +37,8 @@ def run_smoke(name: str, tmp_path: Path) -> Path:
 def analyze(study: str, sweeps: list[Path], tmp_path: Path) -> Path:
     """The study's analyze.py on the sweeps, writing into tmp_path/report; returns that folder."""
     report = tmp_path / "report"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / study / "analyze.py"),
-            *map(str, sweeps),
-            "--out",
-            str(report),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    script = ROOT / "experiments" / study / "analyze.py"
+    proc = run_python(str(script), *map(str, sweeps), "--out", str(report))
     assert proc.returncode == 0, proc.stderr[-3000:]
     readme = (report / "README.md").read_text()
     assert "<!-- results: begin" in readme and "|---" in readme  # the table went in

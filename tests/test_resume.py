@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import ROOT, ffn_env, run_ffn
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = Path("checkpoints") / "last.pt"
 MAX_EPOCHS = 200
 CHECKPOINT_EVERY = 10
@@ -62,25 +62,13 @@ TIMEOUT = 300
 # ---------------------------------------------------------------- running and reading runs
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-
-
 def _command(folder: Path, overrides: tuple[str, ...]) -> list[str]:
     return [sys.executable, "run.py", *overrides, f"hydra.run.dir={folder}"]
 
 
 def run_cli(folder: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     """`python run.py OVERRIDES hydra.run.dir=folder` from the repo root, to its end."""
-    return subprocess.run(
-        _command(folder, overrides),
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    return run_ffn(*overrides, f"hydra.run.dir={folder}", timeout=TIMEOUT)
 
 
 def metrics_json(folder: Path) -> dict[str, Any]:
@@ -191,7 +179,7 @@ def stop_mid_run(folder: Path, signum: int, *overrides: str) -> Stopped:
         proc = subprocess.Popen(
             _command(folder, (*RUN, *overrides)),
             cwd=ROOT,
-            env=_env(),
+            env=ffn_env(),
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )

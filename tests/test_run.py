@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import run_ffn
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
-ROOT = Path(__file__).resolve().parents[1]
 # What the short run is made of: the determinism runs repeat it exactly
 SHORT = ("trainer.max_epochs=3", "trainer.histogram_every=1", "trainer.device=cpu")
 QUIET = ("trainer.histogram_every=0", "trainer.figures=false")
@@ -56,17 +54,8 @@ def _refuse_constant(name: str) -> None:
 
 def run_cli(folder: Path, *overrides: str, timeout: float = 300) -> Run:
     """`python run.py OVERRIDES hydra.run.dir=folder` from the repo root."""
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "run.py", *overrides, f"hydra.run.dir={folder}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    proc = run_ffn(*overrides, f"hydra.run.dir={folder}", timeout=timeout)
     return Run(folder, proc, time.perf_counter() - started)
 
 
