@@ -6,6 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from penalty_cases import GROUP_LASSO
+
+from ffn.penalties import PENALTIES
 
 
 @pytest.fixture(scope="module")
@@ -15,3 +18,9 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def penalty_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PENALTIES with the tests' group lasso in it (tests/penalty_cases.py), for one test."""
+    monkeypatch.setitem(PENALTIES, GROUP_LASSO.name, GROUP_LASSO)

@@ -3,16 +3,19 @@ forms they must reach (lasso against scikit-learn, ridge against its normal equa
 
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from penalty_cases import CASE_IDS, CASES, NAMES, entry
 
 from ffn.errors import ConfigError
 from ffn.functional import mse
 from ffn.model import FeedForward
-from ffn.penalties import Penalty
+from ffn.penalties import PENALTIES, Penalty
 
 F64 = torch.float64
 
@@ -32,7 +35,7 @@ def model_with_biases(seed: int = 0) -> FeedForward:
     return model
 
 
-# --- value ------------------------------------------------------------------------------------
+# --- value ---------------------------------------------------------------------------------
 
 
 def l1(ts) -> float:
@@ -43,31 +46,47 @@ def l2sq(ts) -> float:
     return sum(t.detach().square().sum().item() for t in ts)
 
 
+def row_norms(ts) -> float:
+    """sum over tensors and rows i of ||t_i||_2, one row at a time (a vector: one entry a row)."""
+    return sum(math.sqrt(sum(v * v for v in row.flatten().tolist())) for t in ts for row in t)
+
+
+# g = lam pen as the notes (and the group lasso's definition) write it, split into the part the
+# gradient sees and the non-smooth part: (lam, r, tensors) -> (smooth, non-smooth). No 1/2 factors.
+CLOSED_FORMS = {
+    "none": lambda lam, r, ts: (0.0, 0.0),
+    "l2": lambda lam, r, ts: (lam * l2sq(ts), 0.0),
+    "l1": lambda lam, r, ts: (0.0, lam * l1(ts)),
+    "elastic_net": lambda lam, r, ts: (lam * (1 - r) * l2sq(ts), lam * r * l1(ts)),
+    "group_lasso": lambda lam, r, ts: (0.0, lam * row_norms(ts)),
+}
+
+
+def test_every_entry_has_a_closed_form_here_and_a_conf_file():
+    assert set(CLOSED_FORMS) == set(NAMES), "write the new penalty's closed form in CLOSED_FORMS"
+    files = {p.stem for p in (Path(__file__).parents[1] / "conf" / "penalty").glob("*.yaml")}
+    assert files == set(PENALTIES)
+
+
+@pytest.mark.usefixtures("penalty_table")
 @pytest.mark.parametrize("include_bias", [False, True], ids=["weights", "with-bias"])
-@pytest.mark.parametrize("method", ["proximal", "subgradient"])
-def test_value_is_exactly_the_seeds_formula(include_bias, method):
+@pytest.mark.parametrize(("name", "method"), CASES, ids=CASE_IDS)
+def test_value_is_exactly_the_closed_form(name, method, include_bias):
     model = model_with_biases()
     lam, r = 0.7, 0.3
     tensors = model.weights() + (model.biases() if include_bias else [])
-    expected = {  # no 1/2 factors anywhere
-        "none": 0.0,
-        "l2": lam * l2sq(tensors),
-        "l1": lam * l1(tensors),
-        "elastic_net": lam * (r * l1(tensors) + (1 - r) * l2sq(tensors)),
-    }
-    for name, want in expected.items():
-        penalty = Penalty(name, lam=lam, method=method, l1_ratio=r, include_bias=include_bias)
-        params = penalty.parameters(model)
-        assert len(params) == len(tensors)
-        got = penalty.value(params)
-        assert got.item() == pytest.approx(want, rel=1e-13, abs=1e-15), name
-        # smooth_value drops the l1 term only when the proximal step takes care of it
-        smooth = penalty.smooth_value(params).item()
-        if method == "proximal" and name in ("l1", "elastic_net"):
-            l2_only = 0.0 if name == "l1" else lam * (1 - r) * l2sq(tensors)
-            assert smooth == pytest.approx(l2_only, rel=1e-13, abs=1e-15), name
-        else:
-            assert smooth == pytest.approx(want, rel=1e-13, abs=1e-15), name
+    smooth, nonsmooth = CLOSED_FORMS[name](lam, r, tensors)
+    penalty = Penalty(name, lam=lam, method=method, l1_ratio=r, include_bias=include_bias)
+    params = penalty.parameters(model)
+    assert len(params) == len(tensors)
+    got = penalty.value(params)
+    assert got.item() == pytest.approx(smooth + nonsmooth, rel=1e-13, abs=1e-15), name
+    # smooth_value drops the non-smooth term only when the proximal step takes care of it
+    want = smooth if penalty.proximal else smooth + nonsmooth
+    assert penalty.smooth_value(params).item() == pytest.approx(want, rel=1e-13, abs=1e-15)
+    assert penalty.proximal == (method == "proximal" and nonsmooth > 0)
+    assert penalty.active == (smooth + nonsmooth > 0)
+    assert not Penalty(name, lam=0.0, method=method).active  # lam = 0: nothing to apply
 
 
 def test_biases_are_excluded_by_default():
@@ -80,27 +99,33 @@ def test_biases_are_excluded_by_default():
 
 # --- gradient ---------------------------------------------------------------------------------
 
-GRADIENT_CASES = {
-    "l2": Penalty("l2", lam=0.4),
-    "l1-subgradient": Penalty("l1", lam=0.4, method="subgradient"),
-    "l1-proximal": Penalty("l1", lam=0.4, method="proximal"),
-    "elastic_net-subgradient": Penalty("elastic_net", 0.4, "subgradient", l1_ratio=0.25),
-    "elastic_net-proximal": Penalty("elastic_net", 0.4, "proximal", l1_ratio=0.25),
-}
+
+def torch_closed_form(name: str, lam: float, r: float, w: torch.Tensor) -> torch.Tensor:
+    """CLOSED_FORMS' two parts in torch ops (differentiable): (smooth, non-smooth)."""
+    rows = torch.stack([row.square().sum().sqrt() for row in w]).sum()
+    parts = {
+        "none": (0 * w.sum(), 0 * w.sum()),
+        "l2": (lam * w.square().sum(), 0 * w.sum()),
+        "l1": (0 * w.sum(), lam * w.abs().sum()),
+        "elastic_net": (lam * (1 - r) * w.square().sum(), lam * r * w.abs().sum()),
+        "group_lasso": (0 * w.sum(), lam * rows),
+    }
+    return parts[name]
 
 
-@pytest.mark.parametrize("case", list(GRADIENT_CASES))
-def test_gradient_equals_autograd_of_smooth_value(case):
-    penalty = GRADIENT_CASES[case]
+@pytest.mark.usefixtures("penalty_table")
+@pytest.mark.parametrize(("name", "method"), CASES, ids=CASE_IDS)
+def test_gradient_equals_autograd_of_smooth_value(name, method):
+    penalty = Penalty(name, lam=0.4, method=method, l1_ratio=0.25)
     w = randn(6, 4, seed=1)
-    w[0, 0] = 0.0  # sign(0) = 0 is the subgradient both sides pick
+    w[0, 0] = 0.0  # sign(0) = 0 is the subgradient both sides pick (no whole row is zero)
     w.requires_grad_()
     # `+ 0 * w.sum()` keeps the graph alive where smooth_value is a constant (proximal l1)
     (expected,) = torch.autograd.grad(penalty.smooth_value([w]) + 0 * w.sum(), w)
     torch.testing.assert_close(penalty.gradient(w.detach()), expected, rtol=1e-14, atol=1e-15)
-    # explicitly: 2 lam_2 w, plus lam_1 sign(w) unless the prox handles the l1 part
-    lam1 = penalty.l1_weight if penalty.method == "subgradient" else 0.0
-    explicit = 2 * penalty.l2_weight * w.detach() + lam1 * torch.sign(w.detach())
+    # explicitly: the closed form's smooth part, plus its non-smooth part unless the prox has it
+    smooth, nonsmooth = torch_closed_form(name, 0.4, 0.25, w)
+    (explicit,) = torch.autograd.grad(smooth + (0 if penalty.proximal else nonsmooth), w)
     torch.testing.assert_close(penalty.gradient(w.detach()), explicit, rtol=1e-14, atol=1e-15)
 
 
@@ -119,14 +144,33 @@ def test_add_gradient_adds_to_the_loss_gradient_on_penalised_tensors_only():
 # --- proximal step ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("name", "ratio"), [("l1", 1.0), ("elastic_net", 0.4)], ids=["l1", "elastic_net"]
-)
+def closed_form_prox(name: str, v: torch.Tensor, t: float) -> torch.Tensor:
+    """argmin_x ||x - v||^2 / 2 + t r(x), as the textbooks write it."""
+    if name in ("l1", "elastic_net"):  # soft-thresholding
+        return torch.sign(v) * torch.clamp(v.abs() - t, min=0)
+    if name == "group_lasso":  # block soft-thresholding, row by row
+        rows = [row * max(0.0, 1 - t / row.norm().item()) for row in v.reshape(v.shape[0], -1)]
+        return torch.stack(rows).reshape(v.shape)
+    raise AssertionError(f"write the closed-form prox of {name}")
+
+
+def prox_objective(name: str, x: torch.Tensor, v: torch.Tensor, t: float) -> torch.Tensor:
+    """||x - v||^2 / 2 + t r(x), which the prox of t r at v minimises."""
+    return 0.5 * (x - v).square().sum() + t * entry(name).nonsmooth(x)
+
+
+PROXIMAL = [name for name, method in CASES if method == "subgradient"]  # entries with an r
+
+
+@pytest.mark.usefixtures("penalty_table")
 @pytest.mark.parametrize("include_bias", [False, True], ids=["weights", "with-bias"])
-def test_proximal_step_soft_thresholds_with_each_groups_lr(name, ratio, include_bias):
+@pytest.mark.parametrize("name", PROXIMAL)
+def test_proximal_step_is_the_closed_form_with_each_groups_lr(name, include_bias):
     model = model_with_biases()
-    lam = 1.5
-    penalty = Penalty(name, lam=lam, l1_ratio=0.4, include_bias=include_bias)
+    lam, ratio = 1.5, 0.4
+    penalty = Penalty(name, lam=lam, l1_ratio=ratio, include_bias=include_bias)
+    share = penalty.nonsmooth_weight / lam  # r for elastic_net, 1 for the others
+    assert share == pytest.approx(ratio if name == "elastic_net" else 1.0)
     first, second = model.layers
     opt = torch.optim.SGD(
         [
@@ -137,7 +181,8 @@ def test_proximal_step_soft_thresholds_with_each_groups_lr(name, ratio, include_
     )
     with torch.no_grad():
         for p in model.parameters():
-            p.view(-1)[:2] = torch.tensor([0.01, -2.0])  # one to zero out, one to shrink
+            p[0] = 0.001  # a row (an entry, for a bias) to zero out ...
+            p.view(-1)[-1] = -2.0  # ... and one to shrink
     for p in model.parameters():
         p.grad = torch.zeros_like(p)  # so the SGD step itself moves nothing
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -149,31 +194,32 @@ def test_proximal_step_soft_thresholds_with_each_groups_lr(name, ratio, include_
             torch.testing.assert_close(p.detach(), old, rtol=0, atol=0, msg=n)
             continue
         eta = 0.3 if n.startswith("layers.0") else 0.1
-        threshold = eta * lam * ratio
-        expected = torch.sign(old) * torch.clamp(old.abs() - threshold, min=0)
+        threshold = eta * lam * share
+        expected = closed_form_prox(name, old, threshold)
         torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-15, msg=n)
-        killed = old.abs() <= threshold
+        killed = expected == 0
         assert killed.any() and (~killed).any(), n  # the data exercise both branches
         assert (p.detach()[killed] == 0).all(), n  # exact zeros, not small numbers
+        # and it is the prox: no nearby point has a smaller ||x - old||^2 / 2 + t r(x)
+        best = prox_objective(name, p.detach(), old, threshold)
+        for seed in range(5):
+            nudged = p.detach() + 1e-4 * randn(*p.shape, seed=seed)
+            assert prox_objective(name, nudged, old, threshold) > best, n
 
 
-@pytest.mark.parametrize(
-    "penalty",
-    [
-        Penalty("l2", lam=1.0),
-        Penalty("l1", lam=1.0, method="subgradient"),
-        Penalty("elastic_net", 1.0, "subgradient"),
-        Penalty("none"),
-    ],
-    ids=["l2", "l1-subgradient", "elastic_net-subgradient", "none"],
-)
-def test_proximal_step_is_a_no_op_without_a_proximal_l1_term(penalty):
+@pytest.mark.usefixtures("penalty_table")
+@pytest.mark.parametrize(("name", "method"), CASES, ids=CASE_IDS)
+def test_proximal_step_is_a_no_op_without_a_proximal_term(name, method):
     model = model_with_biases()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     before = [p.detach().clone() for p in model.parameters()]
-    penalty.proximal_step_(opt, penalty.parameters(model))
-    for p, old in zip(model.parameters(), before, strict=True):
-        torch.testing.assert_close(p.detach(), old, rtol=0, atol=0)
+    # subgradient: the non-smooth part is in the gradient; lam = 0: there is nothing to apply
+    for penalty in (Penalty(name, lam=1.0, method="subgradient"), Penalty(name, method=method)):
+        penalty.proximal_step_(opt, penalty.parameters(model))
+        for p, old in zip(model.parameters(), before, strict=True):
+            torch.testing.assert_close(p.detach(), old, rtol=0, atol=0)
+    if method == "proximal" and entry(name).nonsmooth is None:  # l2, none: never a prox
+        assert not Penalty(name, lam=1.0, method=method).proximal
 
 
 # --- bad input --------------------------------------------------------------------------------
