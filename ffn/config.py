@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+from ffn.constants import DTYPES, MAX_SEED
 from ffn.data.config import DatasetConfig
 from ffn.errors import ConfigError
 
@@ -112,7 +113,6 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="ffn_schema", node=Config)
 
 
-DTYPES = ("float32", "float64")
 SPLITS = ("train", "val", "test")
 METRICS = (
     "loss",
@@ -121,7 +121,6 @@ METRICS = (
     "objective",
     "penalty",
 )  # accuracy: classification, r2: regression
-MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which scikit-learn uses, takes no more
 
 
 def check_schema(cfg: DictConfig) -> None:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm import tqdm
 
-from ffn import checkpoint
+from ffn import checkpoint, constants
 from ffn.config import check_validation_part
 from ffn.data import Dataset, load_dataset
 from ffn.errors import ConfigError
@@ -39,7 +39,7 @@ from ffn.step import train_step as manual_train_step
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {name: getattr(torch, name) for name in constants.DTYPES}  # name -> torch dtype
 
 
 @dataclass

@@ -8,10 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ffn.constants import MAX_SEED, TASKS
 from ffn.errors import ConfigError
-
-TASKS = ("classification", "regression")
-MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which sklearn uses, takes no more
 
 
 @dataclass

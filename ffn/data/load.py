@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ffn.constants import MAX_SEED
 from ffn.data import synthetic
 from ffn.data.arrays import Arrays, encode_labels
 from ffn.data.config import DatasetConfig, as_config
@@ -30,8 +31,6 @@ DATASETS: dict[str, Loader] = {
     "blobs": synthetic.blobs,
     "file": load_file,
 }
-
-_MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which sklearn uses, takes no more
 
 
 def load_dataset(
@@ -96,9 +95,9 @@ def _check_call(cfg: DatasetConfig, seed: int, dtype: torch.dtype) -> None:
     if (
         isinstance(seed, bool)
         or not isinstance(seed, int | np.integer)
-        or not 0 <= seed <= _MAX_SEED
+        or not 0 <= seed <= MAX_SEED
     ):
-        raise ConfigError("seed", seed, f"an integer in [0, {_MAX_SEED}]")
+        raise ConfigError("seed", seed, f"an integer in [0, {MAX_SEED}]")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ConfigError("dtype", dtype, "a floating torch dtype such as torch.float32")
 
