@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ffn.activations import Activation, get_activation
 from ffn.errors import ConfigError
 from ffn.functional import linear
+from ffn.functions import linear_forward
 
 Backend = Literal["manual", "autograd"]
 BACKENDS = ("manual", "autograd")
@@ -61,19 +62,32 @@ class FeedForward(nn.Module):
         ):
             if not (isinstance(value, int) and value > 0):
                 raise ConfigError(key, value, "a positive integer")
-        if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
-            raise ConfigError("model.hidden", hidden, "a list of positive integers, e.g. [64, 64]")
-        if backend not in BACKENDS:
-            raise ConfigError("model.backend", backend, "one of " + ", ".join(BACKENDS))
-        self.activation: Activation = get_activation(activation)
+        self.activation: Activation = check_options(hidden, activation, backend)
         self.activation_param = self.activation.check_param(activation_param)
         self.backend: Backend = backend
         sizes = [in_features, *hidden, out_features]
         self.layers = nn.ModuleList(Dense(d, h, bias) for d, h in itertools.pairwise(sizes))
+        self._refresh_layer_parameters()
+        self.register_load_state_dict_post_hook(_after_load)
         # Cast first, then draw: drawing into the float32 tensors Dense creates and casting after
         # would round a float64 network's float64 draws to float32 precision.
         self.to(device=device, dtype=dtype)
         self.reset_parameters(seed)
+
+    def layer_parameters(self) -> list[tuple[Tensor, Tensor | None]]:
+        """(weight (d_l, H_l), bias (H_l,) or None) of every layer, in order: the layer loop's
+        input, read from a list kept beside the registry (not through nn.Module.__getattr__, a
+        Python-level lookup that costs as much as a small kernel, ten of them a tiny step)."""
+        return self._layer_parameters
+
+    def _refresh_layer_parameters(self) -> None:
+        self._layer_parameters = [(layer.weight, layer.bias) for layer in self.layers]
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> FeedForward:
+        """`.to()`, `.double()`, ...: torch may swap in new Parameter objects; re-read them."""
+        result = super()._apply(fn, recurse)
+        self._refresh_layer_parameters()
+        return result
 
     @torch.no_grad()
     def reset_parameters(self, seed: int) -> None:
@@ -107,19 +121,17 @@ class FeedForward(nn.Module):
         """Output (n, M) and each hidden layer's pre-activation z (n, H_l), for diagnostics."""
         manual = self.backend == "manual"
         act, param = self.activation, self.activation_param
+        # autograd: the same formula through torch's ops (addmm), which autograd differentiates
+        affine = linear if manual else linear_forward
+        g = act if manual else act.native
+        *hidden, (out_weight, out_bias) = self._layer_parameters
         preactivations = []
         h = x
-        for layer in self.layers[:-1]:
-            if manual:
-                z = linear(h, layer.weight, layer.bias)
-                h = act(z, param)
-            else:
-                z = _native_linear(h, layer.weight, layer.bias)
-                h = act.native(z, param)
+        for weight, bias in hidden:
+            z = affine(h, weight, bias)
+            h = g(z, param)
             preactivations.append(z)
-        out_layer = self.layers[-1]
-        linear_fn = linear if manual else _native_linear
-        return linear_fn(h, out_layer.weight, out_layer.bias), preactivations
+        return affine(h, out_weight, out_bias), preactivations
 
     def with_backend(self, backend: Backend) -> FeedForward:
         """A copy with identical parameters running on the other backend."""
@@ -131,15 +143,32 @@ class FeedForward(nn.Module):
 
     def weights(self) -> list[Tensor]:
         """The weight matrices, one per layer: (d_l, H_l)."""
-        return [layer.weight for layer in self.layers]
+        return [weight for weight, _ in self._layer_parameters]
 
     def biases(self) -> list[Tensor]:
-        return [layer.bias for layer in self.layers if layer.bias is not None]
+        return [bias for _, bias in self._layer_parameters if bias is not None]
 
     def extra_repr(self) -> str:
         param = "" if self.activation.param_name is None else f"({self.activation_param})"
         return f"activation={self.activation.name}{param}, backend={self.backend}"
 
 
-def _native_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return x @ weight if bias is None else torch.addmm(bias, x, weight)
+def _after_load(model: FeedForward, incompatible_keys: Any) -> None:
+    """load_state_dict(assign=True) puts new Parameter objects in place of the old: re-read."""
+    model._refresh_layer_parameters()
+
+
+def check_options(hidden: Sequence[int], activation: str, backend: str) -> Activation:
+    """The model group's own checks, which need no data: sizes, activation, backend."""
+    hidden = list(hidden)
+    if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
+        raise ConfigError("model.hidden", hidden, "a list of positive integers, e.g. [64, 64]")
+    if backend not in BACKENDS:
+        raise ConfigError("model.backend", backend, "one of " + ", ".join(BACKENDS))
+    return get_activation(activation)
+
+
+def check_config(model: Mapping[str, Any]) -> None:
+    """`validate`'s pass over the model group: what FeedForward would refuse, before any data."""
+    activation = check_options(model["hidden"], model["activation"], model["backend"])
+    activation.check_param(model["activation_param"])

@@ -19,16 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ffn.errors import ConfigError
-from ffn.functions import (
-    linear_backward,
-    linear_forward,
-    mse_backward,
-    mse_forward,
-    softmax_cross_entropy_backward,
-    softmax_cross_entropy_forward,
-)
-from ffn.losses import TASKS, loss_function
+from ffn.functions import linear_backward, linear_forward
+from ffn.losses import loss_function, task_loss
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
 
@@ -40,11 +32,10 @@ def manual_gradients(model: FeedForward, x: Tensor, y: Tensor, task: str) -> Ten
     The loss is a 0-dim tensor left on the device: no host sync happens here. The model's
     `backend` plays no part: the formulas are called directly, under `torch.no_grad()`.
     """
-    if task not in TASKS:
-        raise ConfigError("dataset.task", task, "one of " + ", ".join(TASKS))
+    loss_and_delta = task_loss(task).value_and_delta
     act, param = model.activation, model.activation_param
     keep_output = act.saves == "output"
-    params = layer_parameters(model)
+    params = model.layer_parameters()
     with torch.no_grad():
         inputs = [x]  # the input of every layer: x, then each hidden h
         saved = []  # what each hidden layer's g' is computed from: h or z
@@ -55,13 +46,7 @@ def manual_gradients(model: FeedForward, x: Tensor, y: Tensor, task: str) -> Ten
             saved.append(h if keep_output else z)
             inputs.append(h)
         weight, bias = params[-1]
-        pred = linear_forward(h, weight, bias)
-        if task == "classification":
-            loss, probs = softmax_cross_entropy_forward(pred, y)
-            delta = softmax_cross_entropy_backward(probs, y)
-        else:
-            loss = mse_forward(pred, y)
-            delta = mse_backward(pred, y)
+        loss, delta = loss_and_delta(linear_forward(h, weight, bias), y)
         for i in range(len(params) - 1, -1, -1):
             weight, bias = params[i]
             grad_x, weight.grad, grad_b = linear_backward(
@@ -73,16 +58,6 @@ def manual_gradients(model: FeedForward, x: Tensor, y: Tensor, task: str) -> Ten
                 # dz = dh * g'(saved), the Function's formula; grad_x is ours to multiply in place.
                 delta = grad_x.mul_(act.derivative(saved[i - 1], param))
     return loss
-
-
-def layer_parameters(model: FeedForward) -> list[tuple[Tensor, Tensor | None]]:
-    """(weight, bias) of every layer, in order; bias is None for layers built without one."""
-    # Straight from the registries: nn.Module.__getattr__ is a Python-level lookup that costs
-    # about as much as a small kernel, and a tiny step would make ten of them (an eighth of it).
-    return [
-        (layer._parameters["weight"], layer._parameters.get("bias"))
-        for layer in model._modules["layers"]._modules.values()
-    ]
 
 
 def sgd_update_(params: Sequence[Tensor], lr: float) -> None:
@@ -141,7 +116,7 @@ def train_step(
     penalty.proximal_step_(...)` on the autograd path. Returns the data loss (0-dim, on device).
     """
     loss = gradients(model, x, y, task)
-    active = penalty is not None and (penalty.l1_weight or penalty.l2_weight)
+    active = penalty is not None and penalty.active
     if active:
         penalised = penalty.parameters(model)
         penalty.add_gradient_(penalised)
@@ -159,8 +134,8 @@ def autograd_train_step(
     y: Tensor,
     task: str,
 ) -> Tensor:
-    """The same step through an autograd graph: what `train_step` replaces, and what the
-    runner takes for `model.backend=autograd` (torch's own ops) or the Function path."""
+    """The same step through an autograd graph (`trainer.step=autograd`), the forward running
+    on the model's backend: the hand-written Functions or torch's own ops."""
     optimizer.zero_grad(set_to_none=True)
     loss = loss_function(task, model.backend)(model(x), y)
     loss.backward()

@@ -8,23 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from penalty_cases import CASE_IDS, CASES
 
 from ffn.activations import ACTIVATIONS
+from ffn.constants import TASKS
 from ffn.errors import ConfigError
 from ffn.losses import loss_function
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
 
 F64 = torch.float64
-TASKS = ("classification", "regression")
-PENALTIES = {
-    "none": Penalty(),
-    "l2": Penalty("l2", lam=0.1),
-    "l1-subgradient": Penalty("l1", lam=0.1, method="subgradient"),
-    "l1-proximal": Penalty("l1", lam=0.1, method="proximal"),
-    "elastic_net-subgradient": Penalty("elastic_net", 0.1, "subgradient", l1_ratio=0.3),
-    "elastic_net-proximal": Penalty("elastic_net", 0.1, "proximal", l1_ratio=0.3),
-}
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
@@ -63,11 +56,12 @@ def assert_same_grads(model: FeedForward, twin: FeedForward, atol: float = 1e-10
 # --- whole networks: manual == autograd ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("penalty_name", list(PENALTIES))
+@pytest.mark.usefixtures("penalty_table")
+@pytest.mark.parametrize(("name", "method"), CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
-def test_manual_gradients_equal_autograd_twin(activation, task, penalty_name):
-    penalty = PENALTIES[penalty_name]
+def test_manual_gradients_equal_autograd_twin(activation, task, name, method):
+    penalty = Penalty(name, lam=0.1, method=method, l1_ratio=0.3)
     seed = 1234
     x, y = make_data(task, n=11, d=5, m=3, seed=seed)
     model = FeedForward(5, [7, 4], 3, activation=activation, dtype=F64, seed=seed)
@@ -342,3 +336,29 @@ def test_one_sgd_step_by_hand_with_l1_proximal():
     step(model, x, y, penalty)
     assert_params(model, [[0.1, -0.8], [0.0, 0.3]], [-0.2, 0.0], [[0.6], [1.8]], [-0.2])
     assert model.layers[0].weight[1, 0].item() == 0.0  # an exact zero, not a small number
+
+
+# --- the layer loop's parameters --------------------------------------------------------------
+
+
+def assert_layer_parameters_are_the_registered_ones(model: FeedForward) -> None:
+    pairs = model.layer_parameters()
+    assert len(pairs) == len(model.layers)
+    for (weight, bias), layer in zip(pairs, model.layers, strict=True):
+        assert weight is layer.weight and bias is layer.bias
+
+
+def test_layer_parameters_follow_to_load_state_dict_and_copies():
+    model = FeedForward(3, [4, 5], 2, seed=0)
+    assert_layer_parameters_are_the_registered_ones(model)
+    model.to(torch.float64)
+    assert_layer_parameters_are_the_registered_ones(model)
+    assert model.layer_parameters()[0][0].dtype == F64
+    state = {k: v + 1 for k, v in model.state_dict().items()}
+    model.load_state_dict(state)  # in place: the same Parameter objects
+    assert_layer_parameters_are_the_registered_ones(model)
+    model.load_state_dict(state, assign=True)  # new Parameter objects
+    assert_layer_parameters_are_the_registered_ones(model)
+    torch.testing.assert_close(model.layer_parameters()[0][0], state["layers.0.weight"])
+    assert_layer_parameters_are_the_registered_ones(model.with_backend("autograd"))
+    assert FeedForward(3, [4], 2, bias=False).layer_parameters()[0][1] is None

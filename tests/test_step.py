@@ -3,7 +3,7 @@
 Every activation in the table x both tasks x no / one / two hidden layers: `manual_gradients`
 must give the gradients that `loss.backward()` gives through the hand-written Functions and
 through torch's own ops, in float64 to 1e-10. `train_step` must equal the autograd loop it
-replaces, for SGD, momentum and Adam and for every penalty.
+replaces, for SGD, momentum and Adam and for every entry of the penalty table.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from penalty_cases import CASE_IDS, CASES
 
 from ffn import ACTIVATIONS, ConfigError, FeedForward, Penalty
 from ffn.losses import TASKS, loss_function
@@ -106,19 +107,15 @@ OPTIMIZERS = {
     "momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
     "adam": lambda ps: torch.optim.Adam(ps, lr=3e-3),
 }
-PENALTIES = {
-    "none": Penalty(),
-    "l2": Penalty("l2", lam=0.1),
-    "l1-proximal": Penalty("l1", lam=0.05),
-    "l1-subgradient": Penalty("l1", lam=0.05, method="subgradient"),
-    "elastic_net-with-bias": Penalty("elastic_net", lam=0.1, l1_ratio=0.3, include_bias=True),
-}
 
 
-@pytest.mark.parametrize("penalty", list(PENALTIES.values()), ids=list(PENALTIES))
+@pytest.mark.usefixtures("penalty_table")
+@pytest.mark.parametrize(("name", "method"), CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("opt", list(OPTIMIZERS))
 @pytest.mark.parametrize("task", TASKS)
-def test_train_step_equals_backward_and_optimizer_step(task, opt, penalty):
+def test_train_step_equals_backward_and_optimizer_step(task, opt, name, method):
+    # every table entry (and the tests' group lasso), biases penalised too: both kinds of tensor
+    penalty = Penalty(name, lam=0.05, method=method, l1_ratio=0.3, include_bias=True)
     model = FeedForward(3, [5, 4], 3, activation="tanh", dtype=F64, seed=2)
     twin = copy.deepcopy(model)
     optimizer = OPTIMIZERS[opt](model.parameters())
@@ -130,10 +127,33 @@ def test_train_step_equals_backward_and_optimizer_step(task, opt, penalty):
         torch.testing.assert_close(loss, ref_loss, **CLOSE)
         for p, q in zip(model.parameters(), twin.parameters(), strict=True):
             torch.testing.assert_close(p, q, **CLOSE)
-    if penalty.proximal:  # the soft-threshold ran: some weights sit exactly at zero, as in the twin
+    if penalty.proximal:  # the prox ran: some weights sit exactly at zero, as in the twin
         zeros = [(p == 0) for p in penalty.parameters(model)]
         twin_zeros = [(q == 0) for q in penalty.parameters(twin)]
         assert all(torch.equal(a, b) for a, b in zip(zeros, twin_zeros, strict=True))
+
+
+@pytest.mark.usefixtures("penalty_table")
+@pytest.mark.parametrize("task", TASKS)
+def test_a_new_table_entry_is_applied_by_both_steps_prox_included(task):
+    # The group lasso of tests/penalty_cases.py, known to ffn only as one PENALTIES entry: the
+    # graph-free step must apply it as the autograd step does, down to the same zeroed rows.
+    penalty = Penalty("group_lasso", lam=0.5)
+    model = FeedForward(6, [5], 3, activation="tanh", dtype=F64, seed=3)
+    twin = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    twin_optimizer = torch.optim.SGD(twin.parameters(), lr=0.2)
+    for step in range(5):
+        x, y = problem(task, d=6, seed=step)
+        train_step(model, optimizer, penalty, x, y, task)
+        autograd_train_step(twin, twin_optimizer, penalty, x, y, task)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, **CLOSE)
+    zero_rows = [(w == 0).all(dim=1) for w in model.weights()]
+    assert sum(int(rows.sum()) for rows in zero_rows) > 0  # the prox zeroed whole rows ...
+    assert all(not rows.all() for rows in zero_rows)  # ... but not every row of a layer
+    for rows, w in zip(zero_rows, twin.weights(), strict=True):
+        assert torch.equal(rows, (w == 0).all(dim=1))
 
 
 def test_sgd_update_equals_torch_sgd():
@@ -227,3 +247,10 @@ def test_runner_compile_refuses_the_autograd_backend(tmp_path) -> None:
     cfg.model.backend = "autograd"
     with pytest.raises(ConfigError, match=r"trainer\.compile"):
         train(cfg, tmp_path)
+
+
+def test_the_loss_table_has_one_loss_per_task():
+    from ffn.constants import TASKS as NAMED
+    from ffn.losses import LOSSES
+
+    assert tuple(LOSSES) == NAMED
