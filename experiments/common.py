@@ -7,7 +7,6 @@ scripts run as `python experiments/<study>/analyze.py` without the folder being 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing import event_accumulator
+
+from ffn.run_record import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results: begin (written by analyze.py) -->", "<!-- results: end -->"
@@ -45,13 +46,11 @@ def latest_sweep(name: str) -> Path:
 
 
 def load_runs(sweep: Path) -> list[Run]:
-    """Every job folder of the sweep, in job order; a job without metrics.json counts as failed."""
+    """Every job folder of the sweep, in job order; one without a readable end reads `running`."""
     runs = []
     for config in sweep.glob("*/.hydra/config.yaml"):
         path = config.parents[1]
-        record = {"status": "failed"}
-        if (path / "metrics.json").exists():
-            record = json.loads((path / "metrics.json").read_text())
+        record = read_record(path)  # ffn.run_record: one meaning for every reader
         metrics = {k: math.nan if v is None else v for k, v in record.get("metrics", {}).items()}
         runs.append(Run(path, OmegaConf.load(config), record["status"], metrics, record))
     if not runs:

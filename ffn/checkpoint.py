@@ -1,11 +1,14 @@
 """Checkpoints: everything a run needs to continue bitwise as if it had never stopped.
 
-Written atomically (a temporary file, then a rename), loaded with ``weights_only=True``: a
-checkpoint is data, never code, so RNG states are stored as tensors and lists, not pickles.
+Written atomically and exclusively (ffn.run_record.write_atomic), loaded with
+``weights_only=True``: a checkpoint is data, never code, so RNG states are stored as tensors and
+lists, not pickles. The checkpoint before the last is kept as previous.pt: a last.pt that cannot
+be read (a torn disk, a bad copy) falls back to it, with a warning, instead of losing the run.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -14,10 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ffn import run_record
 from ffn.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT = Path("checkpoints") / "last.pt"
+PREVIOUS = Path("checkpoints") / "previous.pt"  # the checkpoint before last.pt
+BEST = Path("checkpoints") / "best.pt"  # early stopping: the weights that were best on val
 FORMAT = "ffn-checkpoint-1"
+BEST_FORMAT = "ffn-best-weights-1"
 REQUIRED_KEYS = {"config", "model", "optimizer", "schedule", "loop", "rng", "order_gen"}
 
 
@@ -46,22 +55,64 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def save(run_dir: Path, payload: dict[str, Any]) -> Path:
-    """Write `payload` to run_dir/checkpoints/last.pt through a temporary file and a rename."""
+    """`payload` into run_dir/checkpoints/last.pt; the last.pt before it becomes previous.pt.
+
+    The new file is complete on disk before either rename, so a crash at any point leaves
+    last.pt, or previous.pt alone, as a whole checkpoint.
+    """
     path = run_dir / CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    with open(tmp, "rb") as f:  # on disk before the rename makes it the checkpoint
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    data = {"format": FORMAT, **payload}
+
+    def keep_previous() -> None:
+        if path.exists():
+            os.replace(path, run_dir / PREVIOUS)
+
+    run_record.write_atomic(path, lambda f: torch.save(data, f), before_rename=keep_previous)
+    return path
+
+
+def save_best(
+    run_dir: Path, model: dict[str, Any], epoch: int, val_loss: float, config: str
+) -> Path:
+    """The best weights on val into checkpoints/best.pt (early stopping restores them)."""
+    path = run_dir / BEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": BEST_FORMAT, "model": model, "epoch": epoch, "val_loss": val_loss}
+    data["config"] = config
+    run_record.write_atomic(path, lambda f: torch.save(data, f))
     return path
 
 
 def load(run_dir: Path, key: str = "trainer.resume") -> dict[str, Any]:
-    """Read a checkpoint back as data; anything else is a ConfigError naming the file."""
+    """The newest readable checkpoint as data: last.pt, else previous.pt with a warning.
+
+    Anything else is a ConfigError naming last.pt and why it cannot be used.
+    """
     path = run_dir / CHECKPOINT
-    if not path.is_file():
+    previous = run_dir / PREVIOUS
+    if not path.is_file() and not previous.is_file():
         raise ConfigError(key, str(run_dir), f"a run folder holding {CHECKPOINT}")
+    try:
+        return read(path, key)
+    except ConfigError as error:
+        if not previous.is_file():
+            raise
+        payload = read(previous, key)
+        log.warning(
+            "%s cannot be used (%s): resuming from %s (epoch %d)",
+            path,
+            error.allowed,
+            previous,
+            payload["loop"]["epoch"],
+        )
+        return payload
+
+
+def read(path: Path, key: str = "trainer.resume") -> dict[str, Any]:
+    """One checkpoint file, read as data only and checked for ffn's format and keys."""
+    if not path.is_file():
+        raise ConfigError(key, str(path), "an existing checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -13,15 +13,12 @@ from collections.abc import Mapping
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
+from ffn.run_record import STATUSES
+
 HParamValue = bool | int | float | str
 
-# ffn's run statuses -> the dashboard's session status.
-_SESSION_STATUS = {
-    "completed": api_pb2.STATUS_SUCCESS,
-    "diverged": api_pb2.STATUS_FAILURE,
-    "failed": api_pb2.STATUS_FAILURE,
-    "interrupted": api_pb2.STATUS_UNKNOWN,
-}
+# ffn's run statuses -> the dashboard's session status (the table is ffn.run_record's).
+_SESSION_STATUS = {name: getattr(api_pb2, hp) for name, (_, hp) in STATUSES.items()}
 
 
 def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ffn import checkpoint
+from ffn import checkpoint, run_record
 from ffn.config import validate
 from ffn.errors import ConfigError
 from ffn.hparams import flatten
@@ -24,17 +22,6 @@ from ffn.train import train
 log = logging.getLogger(__name__)
 
 CONFIG_GROUPS = ("dataset", "model", "penalty", "optimizer", "schedule", "trainer")
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file, then rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-
-
-def _finite_or_none(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
@@ -62,25 +49,22 @@ def resumed_config(run_dir: Path) -> tuple[DictConfig, dict[str, Any]]:
     return cfg, payload
 
 
-def _finished(metrics_path: Path) -> dict[str, Any] | None:
+def _finished(run_dir: Path) -> dict[str, Any] | None:
     """metrics.json of a run that completed or diverged, else None."""
-    try:
-        payload = json.loads(metrics_path.read_text())
-    except (OSError, ValueError):
-        return None
-    return payload if payload.get("status") in ("completed", "diverged") else None
+    record = run_record.read_record(run_dir)
+    return record if record["status"] in run_record.ENDED else None
 
 
 def run_job(cfg: DictConfig) -> float:
     """Train one configuration; returns `optimized_metric` (NaN unless the run completed)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / run_record.METRICS_JSON
     started = time.time()
     try:
         payload = None
         if cfg.trainer.resume:
-            finished = _finished(metrics_path)
+            finished = _finished(run_dir)
             if finished is not None:  # nothing to continue: leave the run as it is
                 log.info("%s already ended (%s); nothing to resume", run_dir, finished["status"])
                 value = finished.get("metrics", {}).get(cfg.optimized_metric)
@@ -89,33 +73,26 @@ def run_job(cfg: DictConfig) -> float:
             log.info("resuming %s from epoch %d", run_dir, payload["loop"]["epoch"])
         validate(cfg)
         # Marked running first: a folder whose job died never looks like a finished run.
-        write_json_atomic(metrics_path, {"status": "running"})
+        run_record.write_record(run_dir, "running")
         result = train(cfg, run_dir, hyperparameters(cfg), resume_from=payload)
     except ConfigError as error:
         if not cfg.trainer.resume or metrics_path.exists():
-            write_json_atomic(
-                metrics_path,
-                {
-                    "status": "failed",
-                    "error": str(error),
-                    "wall_time_s": round(time.time() - started, 3),
-                },
+            run_record.write_record(
+                run_dir, "failed", error=str(error), wall_time_s=round(time.time() - started, 3)
             )
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed job and the sweep carries on
         print(f"ffn: error: {error}", file=sys.stderr)
         sys.exit(2)
-    write_json_atomic(
-        metrics_path,
-        {
-            "status": result.status,
-            "stop_reason": result.stop_reason,
-            "epochs": result.epochs,
-            "steps": result.steps,
-            "wall_time_s": round(result.wall_time_s, 3),
-            "timing": {k: round(v, 3) for k, v in result.timing.items()},
-            "metrics": {k: _finite_or_none(v) for k, v in sorted(result.metrics.items())},
-        },
+    run_record.write_record(
+        run_dir,
+        result.status,
+        stop_reason=result.stop_reason,
+        epochs=result.epochs,
+        steps=result.steps,
+        wall_time_s=round(result.wall_time_s, 3),
+        timing={k: round(v, 3) for k, v in result.timing.items()},
+        metrics=result.metrics,
     )
     log.info("run folder: %s", run_dir)
     if result.exit_code:

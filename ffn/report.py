@@ -24,8 +24,10 @@ from typing import Any
 
 import yaml
 
+from ffn import run_record
+
 EVENT_GLOB = "events.out.tfevents.*"
-STATUSES = ("completed", "diverged", "failed", "running")
+STATUSES = tuple(run_record.STATUSES)  # ranked in this order after the finished runs
 # Scalars a run logs every epoch that are not final metrics in metrics.json.
 NOT_METRICS = frozenset({"train/lr", "train/grad_norm"})
 _METRIC_TAG = re.compile(r"^(train|val|test)/[^/]+$")
@@ -92,7 +94,7 @@ class Summary:
     @property
     def failed(self) -> list[Run]:
         """Runs that raised, or died before recording how they ended."""
-        return [run for run in self.runs if run.status in ("failed", "running")]
+        return [run for run in self.runs if run.status in ("failed", run_record.UNRECORDED)]
 
 
 # ---------------------------------------------------------------------------- reading runs
@@ -104,7 +106,8 @@ def find_run_dirs(root: Path) -> list[Path]:
     Hidden folders (.hydra, .submitit) are skipped; job numbers sort as numbers.
     """
     root = Path(root)
-    found = {p.parent for pattern in ("metrics.json", EVENT_GLOB) for p in root.rglob(pattern)}
+    patterns = (run_record.METRICS_JSON, EVENT_GLOB)
+    found = {p.parent for pattern in patterns for p in root.rglob(pattern)}
     visible = [
         d for d in found if not any(part.startswith(".") for part in _relative(d, root).parts)
     ]
@@ -114,12 +117,11 @@ def find_run_dirs(root: Path) -> list[Path]:
 def load_run(path: Path, root: Path) -> Run:
     """A run from its metrics.json, or its event files where that is missing or still running."""
     path = Path(path)
-    record = _read_json(path / "metrics.json")
-    if record is None or record.get("status") in (None, "running"):
+    record = run_record.read_record(path)  # no readable end recorded: `running`
+    if record["status"] == run_record.UNRECORDED:
         from_events = read_event_files(path)
-        if from_events is not None and (record is None or from_events["status"] != "running"):
-            record = from_events
-    record = record or {"status": "running"}
+        if from_events is not None and from_events["status"] != run_record.UNRECORDED:
+            record = {**from_events, "error": record.get("error")}
     hydra_dir = path / ".hydra"
     overrides = _read_yaml(hydra_dir / "overrides.yaml") or []
     hydra_cfg = (_read_yaml(hydra_dir / "hydra.yaml") or {}).get("hydra", {})
@@ -128,7 +130,7 @@ def load_run(path: Path, root: Path) -> Run:
     return Run(
         path=path,
         name=str(_relative(path, root)),
-        status=str(record.get("status", "running")),
+        status=record["status"],
         stop_reason=record.get("stop_reason"),
         error=record.get("error"),
         epochs=record.get("epochs"),
@@ -396,13 +398,6 @@ def _natural_key(text: str) -> list[Any]:
 def _split_override(text: str) -> tuple[str, str]:
     key, _, value = text.partition("=")
     return key.lstrip("+~"), value
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _read_yaml(path: Path) -> Any:

@@ -18,7 +18,6 @@ On joblib's launcher each job's torch threads are set so that n_jobs x threads f
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -32,6 +31,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from ffn import run_record
 from ffn.report import Summary, to_markdown, write_report
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def hand_back(job_return: JobReturn, optuna: bool) -> None:
 
 def record_failure(run_dir: Path, job_return: JobReturn, wall_time_s: float) -> None:
     """Traceback into the job's log, `failed` into metrics.json and TensorBoard's HParams."""
-    from ffn.job import hyperparameters, write_json_atomic
+    from ffn.job import hyperparameters
     from ffn.run_logger import RunLogger
 
     error = job_return._return_value
@@ -100,16 +100,14 @@ def record_failure(run_dir: Path, job_return: JobReturn, wall_time_s: float) -> 
         " ".join(job_return.overrides or []),
         exc_info=(type(error), error, error.__traceback__),
     )
-    metrics_path = run_dir / "metrics.json"
-    record = _read_json(metrics_path)
-    if record.get("status") != "failed":
+    record = run_record.read_record(run_dir)
+    if record["status"] != "failed":
         first_line = str(error).splitlines()[0] if str(error) else ""
         record.update(
-            status="failed",
-            error=f"{type(error).__name__}: {first_line}",
-            wall_time_s=round(wall_time_s, 3),
+            error=f"{type(error).__name__}: {first_line}", wall_time_s=round(wall_time_s, 3)
         )
-        write_json_atomic(metrics_path, record)
+        kept = {k: v for k, v in record.items() if k in run_record.FIELDS and k != "status"}
+        run_record.write_record(run_dir, "failed", **kept)
     # A run that failed before training has no event file yet: give it its hyperparameters.
     started = any(run_dir.glob("events.out.tfevents.*"))
     logger = RunLogger(run_dir)
@@ -160,10 +158,3 @@ def _is_nan(value: Any) -> bool:
         return math.isnan(float(value))
     except (TypeError, ValueError):
         return False
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}

@@ -379,8 +379,9 @@ def test_checkpoint_is_plain_data_with_everything_a_resume_needs(reference: Path
     assert {"python", "numpy", "torch"} <= set(payload["rng"])
     assert f"max_epochs: {MAX_EPOCHS}" in payload["config"]
     assert payload["model"] and all(isinstance(t, torch.Tensor) for t in payload["model"].values())
-    # Written through a temporary file and a rename: none is left behind
-    assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["last.pt"]
+    # Written through a temporary file and a rename: none is left behind; the one before is kept
+    kept = sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert kept == ["last.pt", "previous.pt"]
 
 
 @pytest.fixture(scope="module")

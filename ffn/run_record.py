@@ -1,0 +1,217 @@
+"""The run record: what a run folder says about its run, and how it is written and read.
+
+One torch-free home, shared by every writer (ffn.job, ffn.checkpoint, ffn.sweep) and every
+reader (ffn.report, ffn.hparams, experiments/common.py), for
+
+- the statuses a run can have (STATUSES) and the keys of metrics.json (FIELDS);
+- the one meaning of a folder whose metrics.json is missing, unreadable or not a mapping: no end
+  was recorded, so it reads as `running` (still running, or killed before it could say so);
+- atomic, exclusive writes: a temporary file created with O_EXCL and O_NOFOLLOW under a unique
+  name in the target's own folder, fsynced, then renamed over the target. Two writers never
+  share a temporary file, a symlink planted in the folder is never followed, and a reader sees
+  the old file or the new one, never half of one;
+- the run folder's lock (LOCK), held while a process writes the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+METRICS_JSON = "metrics.json"
+HYDRA_RECORD = ".hydra"  # config.yaml, hydra.yaml, overrides.yaml: how the run was configured
+LOCK = ".ffn.lock"  # held (flock) by the process writing the folder; holds its pid
+
+# status -> (what it means, the HParams dashboard's session status). Ranked in this order.
+STATUSES: dict[str, tuple[str, str]] = {
+    "completed": ("a stopping rule ended it (stop_reason says which)", "STATUS_SUCCESS"),
+    "diverged": (
+        "a non-finite loss or gradient; the last finite checkpoint is kept",
+        "STATUS_FAILURE",
+    ),
+    "interrupted": (
+        "SIGINT/SIGTERM, after a checkpoint: trainer.resume continues it",
+        "STATUS_UNKNOWN",
+    ),
+    "failed": ("it raised once started (error says why)", "STATUS_FAILURE"),
+    "running": (
+        "no end recorded: still running, or killed (SIGKILL, power loss)",
+        "STATUS_UNKNOWN",
+    ),
+}
+ENDED = ("completed", "diverged")  # nothing is left to resume
+UNRECORDED = "running"  # how a folder without a readable record reads
+
+# metrics.json's keys -> what each holds. Only `status` is always there.
+FIELDS: dict[str, str] = {
+    "status": "one of STATUSES",
+    "stop_reason": "max_epochs | grad_tol | converged | early_stopping | diverged | SIGINT | ...",
+    "error": "failed: the one-line reason; unreadable records: why",
+    "epochs": "epochs finished",
+    "steps": "optimizer steps taken",
+    "wall_time_s": "seconds spent training, over every session of the run",
+    "timing": "this session: where the time went (seconds)",
+    "metrics": "split/name -> final value; null where not finite or undefined",
+    "undefined": "split/name -> why the metric is undefined for this data",
+    "continuations": "resumes that raised a stopping rule: [{epoch, changed: {key: [old, new]}}]",
+}
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def write_atomic(
+    path: Path,
+    write: Callable[[IO[bytes]], Any],
+    before_rename: Callable[[], Any] | None = None,
+) -> None:
+    """`write(f)` into a fresh temporary file beside `path`, then rename it over `path`.
+
+    `before_rename` runs once the new file is complete on disk (a checkpoint moves the old one
+    aside there).
+    """
+    path = Path(path)
+    tmp, fd = _exclusive_temporary(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the file
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)  # a symlink at `path` is replaced, not followed
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(path.parent)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """`data` into `path`, atomically and exclusively (see write_atomic)."""
+    write_atomic(path, lambda f: f.write(data))
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """A JSON object into `path` atomically; NaN and inf are refused (they are not JSON)."""
+    text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    write_bytes(path, text.encode())
+
+
+def write_record(run_dir: Path, status: str, **fields: Any) -> dict[str, Any]:
+    """metrics.json of `run_dir`: the status and any FIELDS; non-finite metrics become null."""
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"metrics.json has no fields {unknown}")
+    record = {"status": status, **{k: v for k, v in fields.items() if v is not None}}
+    if "metrics" in record:
+        record["metrics"] = {k: finite_or_none(v) for k, v in sorted(record["metrics"].items())}
+    write_json(Path(run_dir) / METRICS_JSON, record)
+    return record
+
+
+def finite_or_none(value: Any) -> Any:
+    """None for NaN and inf (JSON's null), the value otherwise."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _exclusive_temporary(path: Path) -> tuple[Path, int]:
+    """A new file `.NAME.PID.RANDOM.tmp` beside `path`, created by us alone; (path, fd)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.open(tmp, flags, 0o644)
+        except FileExistsError:  # someone's file (or a planted link) has that name: another
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """The rename itself on disk too (where the filesystem lets a folder be fsynced)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    """metrics.json as a mapping whose `status` is one of STATUSES.
+
+    A missing file, one that is not JSON, not a mapping, or has no known status all read as
+    `running` (no end recorded); `error` says what was wrong with a file that is there.
+    """
+    path = Path(run_dir) / METRICS_JSON
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"status": UNRECORDED}
+    except (OSError, ValueError) as error:
+        return {"status": UNRECORDED, "error": f"{METRICS_JSON} unreadable: {error}"}
+    if not isinstance(payload, dict):
+        kind = type(payload).__name__
+        return {"status": UNRECORDED, "error": f"{METRICS_JSON} is a JSON {kind}, not a mapping"}
+    if payload.get("status") not in STATUSES:
+        status = payload.get("status")
+        return {**payload, "status": UNRECORDED, "error": f"{METRICS_JSON} status {status!r}"}
+    if not isinstance(payload.get("metrics", {}), dict):
+        payload = {**payload, "metrics": {}, "error": f"{METRICS_JSON} metrics not a mapping"}
+    return payload
+
+
+def has_record(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a metrics.json at all (a run started in it)."""
+    return (Path(run_dir) / METRICS_JSON).exists()
+
+
+# ---------------------------------------------------------------------------- the lock
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+    def __init__(self, folder: Path, holder: str) -> None:
+        self.folder, self.holder = folder, holder
+        super().__init__(f"{folder} is being written by another ffn process ({holder})")
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[Path]:
+    """Hold `folder`'s lock for the block; FolderBusy at once if another process holds it.
+
+    flock: released by the kernel when the process ends, however it ends, so a killed run never
+    leaves its folder locked.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "pid unknown"
+            raise FolderBusy(folder, holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # closing the last descriptor releases the flock

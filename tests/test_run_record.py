@@ -1,0 +1,146 @@
+"""The run record (ffn.run_record): exclusive atomic writes, one meaning for a missing record.
+
+Real processes write the same file at once, a real symlink is planted where a temporary file
+would go, and ffn-report reads folders whose metrics.json is missing or malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from ffn import report, run_record
+
+WRITES = 300
+
+
+def _write_many(path: str, tag: int, errors) -> None:
+    """One writer process: WRITES versions of the same file, each a whole JSON object."""
+    try:
+        for i in range(WRITES):
+            run_record.write_json(Path(path), {"writer": tag, "i": i, "pad": "x" * 4000})
+    except Exception as error:  # pragma: no cover - reported to the test
+        errors.put(repr(error))
+
+
+def test_concurrent_writers_never_collide_and_readers_never_see_half_a_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "metrics.json"
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    writers = [ctx.Process(target=_write_many, args=(str(path), k, errors)) for k in (1, 2)]
+    for w in writers:
+        w.start()
+    seen = 0
+    while any(w.is_alive() for w in writers):
+        if path.exists():
+            payload = json.loads(path.read_text())  # never a half-written file
+            assert payload["writer"] in (1, 2)
+            seen += 1
+    for w in writers:
+        w.join()
+    assert errors.empty(), errors.get()
+    assert all(w.exitcode == 0 for w in writers)
+    assert seen > 0
+    # no temporary file left behind by either writer
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_a_symlink_planted_at_the_temporary_name_is_never_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    names = iter(["aaaa", "bbbb"])
+    monkeypatch.setattr(run_record.secrets, "token_hex", lambda n: next(names))
+    planted = run_dir / f".metrics.json.{os.getpid()}.aaaa.tmp"
+    planted.symlink_to(victim)
+    run_record.write_record(run_dir, "completed", epochs=3)
+    assert victim.read_text() == "precious\n"
+    assert planted.is_symlink()  # left alone, and the next name was taken instead
+    assert run_record.read_record(run_dir) == {"status": "completed", "epochs": 3}
+
+
+def test_a_symlink_at_the_target_is_replaced_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "metrics.json").symlink_to(victim)
+    run_record.write_record(tmp_path, "failed", error="x")
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "metrics.json").is_symlink()
+
+
+def test_statuses_and_fields_are_checked_on_writing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="status"):
+        run_record.write_record(tmp_path, "finished")
+    with pytest.raises(ValueError, match="fields"):
+        run_record.write_record(tmp_path, "completed", accuracy=1.0)
+    record = run_record.write_record(tmp_path, "diverged", metrics={"train/loss": float("nan")})
+    assert record["metrics"] == {"train/loss": None}
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (None, None),
+        ("[1, 2]", "not a mapping"),
+        ("{", "unreadable"),
+        ('{"status": "done"}', "status 'done'"),
+        ('"completed"', "not a mapping"),
+    ],
+)
+def test_a_missing_or_malformed_record_reads_as_running(
+    tmp_path: Path, text: str | None, error: str | None
+) -> None:
+    if text is not None:
+        (tmp_path / "metrics.json").write_text(text)
+    record = run_record.read_record(tmp_path)
+    assert record["status"] == run_record.UNRECORDED
+    assert (error is None) == ("error" not in record)
+    if error:
+        assert error in record["error"]
+
+
+def test_report_summarises_the_other_runs_when_a_record_is_not_a_mapping(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "0"
+    good.mkdir()
+    run_record.write_record(good, "completed", metrics={"val/loss": 0.5})
+    bad = tmp_path / "1"
+    bad.mkdir()
+    (bad / "metrics.json").write_text("[1, 2, 3]\n")
+    assert report.main([str(tmp_path), "--no-plot"]) == 0
+    summary = report.summarize(tmp_path)
+    assert [(r.name, r.status) for r in summary.runs] == [("0", "completed"), ("1", "running")]
+    assert "not a mapping" in (summary.runs[1].error or "")
+
+
+def _hold(folder: str, ready, release) -> None:
+    with run_record.locked(Path(folder)):
+        ready.set()
+        release.wait(30)
+
+
+def test_a_second_writer_of_a_locked_folder_is_refused(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(tmp_path), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        busy = pytest.raises(run_record.FolderBusy, match=f"pid {holder.pid}")
+        with busy, run_record.locked(tmp_path):
+            pass
+    finally:
+        release.set()
+        holder.join()
+    with run_record.locked(tmp_path):  # free again once the holder has gone
+        pass
