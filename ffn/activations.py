@@ -8,7 +8,6 @@ it. Derivatives are written in terms of the forward's *output* h = g(z) wherever
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,9 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ffn.errors import ConfigError
-from ffn.functions import make_activation_function
-
-Elementwise = Callable[[Tensor, float], Tensor]
+from ffn.functions import Apply, Elementwise, make_elementwise_function
 
 
 @dataclass(frozen=True)
@@ -37,13 +34,25 @@ class Activation:
     param_name: str | None = None  # e.g. leaky_relu's negative_slope
     param_default: float = 0.0
     function: type[torch.autograd.Function] = field(init=False, repr=False, compare=False)
+    apply: Apply = field(init=False, repr=False, compare=False)  # the Function's, or its twin's
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "function", make_activation_function(self))
+        class_name = "".join(part.capitalize() for part in self.name.split("_")) + "Function"
+        doc = f"{self.name}: {self.formula}"
+        function = make_elementwise_function(
+            class_name, doc, self.forward, self.derivative, self.saves
+        )
+        object.__setattr__(self, "function", function)
+        object.__setattr__(self, "apply", Apply(function))
+
+    def __reduce__(self) -> tuple:
+        # Pickled by name: the entry holds lambdas and a generated class, which pickle cannot
+        # store; a model pickled (torch.save, joblib) finds the table's entry again on loading.
+        return get_activation, (self.name,)
 
     def __call__(self, z: Tensor, param: float | None = None) -> Tensor:
         """h = g(z) through the hand-written Function.  z: (...) -> (...)."""
-        return self.function.apply(z, self.param_default if param is None else param)
+        return self.apply(z, self.param_default if param is None else param)
 
     def check_param(self, param: float | None, key: str = "model.activation_param") -> float:
         """Resolve None to the default; refuse values that would make g decreasing."""
@@ -120,11 +129,13 @@ _ENTRIES = [
     ),
     Activation(
         name="elu",
-        formula="g(z) = z if z > 0 else a (exp(z) - 1); g' = 1 if g(z) > 0 else g(z) + a",
-        # clamp_max keeps expm1 away from overflow in the branch torch.where discards.
+        formula="g(z) = z if z > 0 else a (exp(z) - 1); g' = 1 if z > 0 else a exp(z)",
+        # clamp_max keeps exp and expm1 away from overflow in the branch torch.where discards
+        # (an inf there would make the second derivative 0 * inf = NaN).
         forward=lambda z, p: torch.where(z > 0, z, p * torch.expm1(z.clamp_max(0))),
-        derivative=lambda h, p: torch.where(h > 0, h.new_ones(()), h + p),
-        saves="output",
+        # From z, not h: g(z) + a = a exp(z) cancels in the tail (0 for z <= -17 in float32).
+        derivative=lambda z, p: torch.where(z > 0, z.new_ones(()), p * torch.exp(z.clamp_max(0))),
+        saves="input",
         native=lambda z, p: F.elu(z, p),
         init="he",
         health="dead",

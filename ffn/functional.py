@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ffn.activations import ACTIVATIONS
-from ffn.functions import LinearFunction, MSEFunction, SoftmaxCrossEntropyFunction
+from ffn.functions import Apply, LinearFunction, MSEFunction, SoftmaxCrossEntropyFunction
 
 __all__ = [
     "elu",
@@ -21,10 +21,14 @@ __all__ = [
     "tanh",
 ]
 
+_linear = Apply(LinearFunction)
+_softmax_cross_entropy = Apply(SoftmaxCrossEntropyFunction)
+_mse = Apply(MSEFunction)
+
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """z = x W + b.  x: (n, d), weight: (d, H), bias: (H,) -> (n, H)."""
-    return LinearFunction.apply(x, weight, bias)
+    return _linear(x, weight, bias)
 
 
 def identity(z: Tensor) -> Tensor:
@@ -69,9 +73,9 @@ def gelu(z: Tensor) -> Tensor:
 
 def softmax_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     """Mean cross-entropy of softmax(logits).  logits: (n, M), target: (n,) int64 -> ()."""
-    return SoftmaxCrossEntropyFunction.apply(logits, target)
+    return _softmax_cross_entropy(logits, target)
 
 
 def mse(pred: Tensor, target: Tensor) -> Tensor:
     """(1/n) sum_i ||pred_i - target_i||^2.  pred, target: (n, M) -> ()."""
-    return MSEFunction.apply(pred, target)
+    return _mse(pred, target)

@@ -1,21 +1,86 @@
-"""The hand-written backward passes, as `torch.autograd.Function` subclasses.
+"""The hand-written derivatives, as `torch.autograd.Function` subclasses.
 
 Each Function's forward and backward formulas are plain functions sitting side by side
 (``linear_forward`` / ``linear_backward``, ...), so that a training step can chain them directly,
 without an autograd graph, and still share one source of truth with the Functions.
+
+Every Function is a full PyTorch citizen:
+
+- second derivatives: each backward is made of differentiable torch ops over saved inputs and
+  outputs (no ``once_differentiable``), so autograd differentiates the hand-written formula itself
+  (Hessians, Hessian-vector products, gradient penalties);
+- forward mode: a hand-written ``jvp``, the same derivative applied to the tangent;
+- torch.func: ``setup_context`` plus ``generate_vmap_rule = True``, so vmap, jacfwd, hessian,
+  per-sample gradients and ensembling work;
+- autocast: backward and jvp run under the autocast state the forward ran under (what
+  ``torch.amp.custom_bwd`` does, for whatever device the tensors are on).
+
+The module knows nothing of the activation table: `activations.py` calls
+`make_elementwise_function` once per entry.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-if TYPE_CHECKING:
-    from ffn.activations import Activation
+Elementwise = Callable[[Tensor, float], Tensor]
+
+# nll_loss drops targets equal to its ignore_index (torch's default -100) from the mean; the
+# hand-written backward knows no such labels. An ignore_index no int64 label can take makes the
+# forward refuse -100 like any label outside [0, M) ("Target -100 is out of bounds"), at no cost.
+_NO_IGNORED_LABEL = -(2**63)
+
+
+# --- autocast: backward and jvp under the forward's autocast state ------------------------------
+
+
+def _save_autocast(ctx: Any, t: Tensor) -> None:
+    """Remember the autocast state forward ran under (custom_fwd's job, for any device)."""
+    device = t.device.type
+    enabled = torch.is_autocast_enabled(device)
+    ctx.autocast = (device, torch.get_autocast_dtype(device)) if enabled else None
+
+
+def _forward_autocast(ctx: Any) -> contextlib.AbstractContextManager:
+    """The autocast context of forward, for backward and jvp (custom_bwd's job)."""
+    # Entering torch.autocast costs microseconds, several times a small layer's backward.
+    if ctx.autocast is None:
+        return contextlib.nullcontext()
+    device, dtype = ctx.autocast
+    return torch.autocast(device, dtype=dtype)
+
+
+# --- torch.compile: dynamo traces no Function that defines jvp ----------------------------------
+
+
+def _without_jvp(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """The same Function without its jvp (same name, forward, setup_context, backward)."""
+    body = {k: v for k, v in vars(function).items() if k not in ("jvp", "__dict__", "__weakref__")}
+    return type(function.__name__, (torch.autograd.Function,), body)
+
+
+class Apply:
+    """`function.apply`, through a jvp-free twin while torch.compile traces.
+
+    Dynamo (torch 2.13) breaks the graph at any Function that defines jvp; the twin keeps a
+    compiled forward in one graph, and eager code keeps forward mode. The pair sits on a plain
+    object because dynamo cannot look a Function class up in a dict or read its attributes.
+    """
+
+    def __init__(self, function: type[torch.autograd.Function]) -> None:
+        self.function = function
+        self.traceable = _without_jvp(function)
+
+    def __call__(self, *args: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return self.traceable.apply(*args)
+        return self.function.apply(*args)
 
 
 # --- linear: z = x W + b ------------------------------------------------------------------------
@@ -38,8 +103,22 @@ def linear_backward(
     return grad_x, grad_w, grad_b
 
 
+def linear_jvp(
+    dx: Tensor | None, dw: Tensor | None, db: Tensor | None, x: Tensor, weight: Tensor
+) -> Tensor:
+    """dz = dx W + x dW + db (the product rule; a None tangent is zero).  -> (n, H)."""
+    dz = dx @ weight if dx is not None else None
+    if dw is not None:
+        dz = x @ dw if dz is None else dz + x @ dw
+    if db is not None:
+        dz = db.expand(x.shape[0], -1) if dz is None else dz + db
+    return dz
+
+
 class LinearFunction(torch.autograd.Function):
     """Affine layer z = x W + b with W stored as (d, H), as the seed writes it."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -49,50 +128,76 @@ class LinearFunction(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
         x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
         ctx.has_bias = bias is not None
+        _save_autocast(ctx, output)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_z: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        grad_x, grad_w, grad_b = linear_backward(grad_z, x, weight, need_x, need_b and ctx.has_bias)
+        with _forward_autocast(ctx):
+            grad_x, grad_w, grad_b = linear_backward(
+                grad_z, x, weight, need_x, need_b and ctx.has_bias
+            )
         return grad_x, grad_w if need_w else None, grad_b
 
+    @staticmethod
+    def jvp(ctx: Any, dx: Tensor | None, dw: Tensor | None, db: Tensor | None) -> Tensor:
+        x, weight = ctx.saved_tensors
+        with _forward_autocast(ctx):
+            return linear_jvp(dx, dw, db, x, weight)
 
-# --- activations: h = g(z), dz = dh * g'(z) -----------------------------------------------------
+
+# --- elementwise activations: h = g(z), dz = dh * g'(z) -----------------------------------------
 
 
-def make_activation_function(activation: Activation) -> type[torch.autograd.Function]:
-    """Build the Function for one table entry: forward g, backward dh * g' from the saved tensor.
+def make_elementwise_function(
+    name: str,
+    doc: str,
+    forward: Elementwise,
+    derivative: Elementwise,
+    saves: Literal["output", "input"],
+) -> type[torch.autograd.Function]:
+    """The Function of h = forward(z, param), its derivative g' taken from the saved tensor.
 
-    The entry says whether g' is written in terms of the output h (sigmoid, tanh, relu, ...), in
-    which case only h is saved, or needs the input z (softplus's sigmoid, GELU).
+    `saves` says whether g' is written in terms of the output h (sigmoid, tanh, relu, ...), in
+    which case only h is saved, or needs the input z (ELU, for its tail; GELU). Backward is
+    dh * g'(saved) and jvp dz * g'(saved); both are torch ops, so autograd differentiates them
+    again (through the saved h, whose own backward is this Function's) for second derivatives.
+    `name` is the class name, e.g. "SigmoidFunction".
     """
-
-    def forward(z: Tensor, param: float) -> Tensor:
-        return activation.forward(z, param)
+    save_output = saves == "output"
 
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
         z, param = inputs
-        ctx.save_for_backward(output if activation.saves == "output" else z)
+        saved = output if save_output else z
+        ctx.save_for_backward(saved)
+        ctx.save_for_forward(saved)
         ctx.param = param
+        _save_autocast(ctx, output)
 
-    @once_differentiable
     def backward(ctx: Any, grad_h: Tensor) -> tuple[Tensor, None]:
         (saved,) = ctx.saved_tensors
-        return grad_h * activation.derivative(saved, ctx.param), None
+        with _forward_autocast(ctx):
+            return grad_h * derivative(saved, ctx.param), None
 
-    name = "".join(part.capitalize() for part in activation.name.split("_")) + "Function"
+    def jvp(ctx: Any, dz: Tensor, _dparam: None) -> Tensor:
+        (saved,) = ctx.saved_tensors
+        with _forward_autocast(ctx):
+            return dz * derivative(saved, ctx.param)
+
     return type(
         name,
         (torch.autograd.Function,),
         {
-            "__doc__": f"{activation.name}: {activation.formula}",
+            "__doc__": doc,
             "__module__": __name__,
+            "generate_vmap_rule": True,
             "forward": staticmethod(forward),
             "setup_context": staticmethod(setup_context),
             "backward": staticmethod(backward),
+            "jvp": staticmethod(jvp),
         },
     )
 
@@ -100,11 +205,23 @@ def make_activation_function(activation: Activation) -> type[torch.autograd.Func
 # --- softmax + cross-entropy, fused ------------------------------------------------------------
 
 
+def _check_labels(target: Tensor) -> None:
+    """The dtype only, read from metadata: no host sync (nll_loss checks shapes and range)."""
+    # F.cross_entropy also takes uint8 labels, but scatter_ in the backward indexes with int64
+    # only; refusing them here costs nothing, converting them would cost every step a kernel.
+    if target.dtype is not torch.int64:
+        raise ValueError(
+            f"softmax_cross_entropy: target must hold int64 class labels, got {target.dtype}"
+        )
+
+
 def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Mean cross-entropy of softmax(logits) through log-sum-exp, and the softmax itself.
 
-    logits: (n, M), target: (n,) int64 -> loss: (), probs: (n, M).
+    logits: (n, M), target: (n,) int64 labels in [0, M) -> loss: (), probs: (n, M).
+    Unlike F.cross_entropy, label -100 is refused (out of bounds), not ignored; n = 0 gives NaN.
     """
+    _check_labels(target)
     # Shift by the row max *before* subtracting log-sum-exp: z - lse(z) rounds lse(z) to the ulp of
     # |z| (about 1e-3 at |z| = 1e4 in float32), which swamps a small loss; (z - max) is exact
     # for the top logit, so the loss keeps full relative precision. log_softmax computes exactly
@@ -112,18 +229,31 @@ def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> tuple[Tenso
     # in one more: on a 2-16-2 net the five-kernel logsumexp and gather/mean/neg were a fifth of a
     # step. Only values come from them; the gradient is the hand-written (p - onehot) / n below.
     log_probs = torch.log_softmax(logits, dim=1)
-    return F.nll_loss(log_probs, target), log_probs.exp()
+    return F.nll_loss(log_probs, target, ignore_index=_NO_IGNORED_LABEL), log_probs.exp()
 
 
 def softmax_cross_entropy_backward(probs: Tensor, target: Tensor) -> Tensor:
     """d loss / d logits = (softmax(z) - onehot(y)) / n.  probs: (n, M) -> (n, M)."""
-    # p / n, then -1 / n added at each label in place: two kernels, where indexing costs several.
     n = target.shape[0]  # not len(): Tensor.__len__ is a Python-level wrapper
-    return (probs / n).scatter_(1, target.unsqueeze(1), -1.0 / n, reduce="add")
+    scale = 1.0 / (n or 1)  # n = 0: an empty gradient, whatever the scale
+    index = target.unsqueeze(1)
+    # p / n, then -1 / n added at each label in place: two kernels, where indexing costs several.
+    # scatter_ with a scalar has no derivative; when autograd records this (create_graph, for
+    # second derivatives) scatter_add_ of a broadcast -1/n, a little slower, keeps it in the graph.
+    if torch.is_grad_enabled():
+        return (probs * scale).scatter_add_(1, index, probs.new_full((), -scale).expand(n, 1))
+    return (probs * scale).scatter_(1, index, -scale, reduce="add")
+
+
+def softmax_cross_entropy_jvp(dlogits: Tensor, probs: Tensor, target: Tensor) -> Tensor:
+    """d loss = (1/n) sum_i (p_i - onehot(y_i)) . dz_i.  dlogits: (n, M) -> ()."""
+    return (softmax_cross_entropy_backward(probs, target) * dlogits).sum()
 
 
 class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     """Cross-entropy of softmax(logits) against integer classes; the output delta is p - y."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(logits: Tensor, target: Tensor) -> Tensor:
@@ -134,32 +264,53 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
         logits, target = inputs
         # Recomputing softmax in backward costs one exp; saving only inputs keeps forward's output
-        # a plain scalar, as autograd expects of a loss.
+        # a plain scalar, as autograd expects of a loss. torch.softmax of the saved logits is
+        # what autograd differentiates for the second derivative, diag(p) - p p^T.
         ctx.save_for_backward(logits, target)
+        ctx.save_for_forward(logits, target)
+        _save_autocast(ctx, logits)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor, None]:
         logits, target = ctx.saved_tensors
-        probs = torch.softmax(logits, dim=1)
-        return softmax_cross_entropy_backward(probs, target) * grad_loss, None
+        with _forward_autocast(ctx):
+            probs = torch.softmax(logits, dim=1)
+            return softmax_cross_entropy_backward(probs, target) * grad_loss, None
+
+    @staticmethod
+    def jvp(ctx: Any, dlogits: Tensor, _dtarget: None) -> Tensor:
+        logits, target = ctx.saved_tensors
+        with _forward_autocast(ctx):
+            return softmax_cross_entropy_jvp(dlogits, torch.softmax(logits, dim=1), target)
 
 
 # --- mean squared error, the seed's l_n --------------------------------------------------------
 
 
+def _check_same_shape(pred: Tensor, target: Tensor) -> None:
+    # F.mse_loss warns and broadcasts: (n, 1) against (n,) becomes an (n, n) loss, silently wrong.
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"mse: pred and target must have the same shape (n, M), got {tuple(pred.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+
+
 def mse_forward(pred: Tensor, target: Tensor) -> Tensor:
-    """(1/n) sum_i ||pred_i - target_i||^2.  pred, target: (n, M) -> ()."""
+    """(1/n) sum_i ||pred_i - target_i||^2.  pred, target: (n, M) -> (); n = 0 gives NaN."""
+    _check_same_shape(pred, target)
     return (pred - target).square().sum() / pred.shape[0]
 
 
 def mse_backward(pred: Tensor, target: Tensor) -> Tensor:
     """d l_n / d pred = 2 (pred - target) / n.  -> (n, M)."""
-    return (pred - target).mul_(2.0 / pred.shape[0])
+    return (pred - target).mul_(2.0 / (pred.shape[0] or 1))  # n = 0: an empty gradient
 
 
 class MSEFunction(torch.autograd.Function):
     """Sum over outputs, mean over samples: M times torch's default `F.mse_loss`."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(pred: Tensor, target: Tensor) -> Tensor:
@@ -168,11 +319,24 @@ class MSEFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
         ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+        _save_autocast(ctx, output)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, Tensor | None]:
         pred, target = ctx.saved_tensors
-        grad_pred = mse_backward(pred, target) * grad_loss
+        with _forward_autocast(ctx):
+            grad_pred = mse_backward(pred, target) * grad_loss
         need_pred, need_target = ctx.needs_input_grad
         return grad_pred if need_pred else None, -grad_pred if need_target else None
+
+    @staticmethod
+    def jvp(ctx: Any, dpred: Tensor | None, dtarget: Tensor | None) -> Tensor:
+        pred, target = ctx.saved_tensors
+        with _forward_autocast(ctx):
+            delta = mse_backward(pred, target)
+            if dpred is None:
+                return -(delta * dtarget).sum()
+            if dtarget is None:
+                return (delta * dpred).sum()
+            return (delta * (dpred - dtarget)).sum()

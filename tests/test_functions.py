@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from torch.autograd import gradcheck
+from torch.autograd import gradcheck, gradgradcheck
 
 from ffn.activations import ACTIVATIONS, Activation
 from ffn.functions import LinearFunction, MSEFunction, SoftmaxCrossEntropyFunction
@@ -34,6 +34,8 @@ EXTRA_ATOL = {("softplus", torch.float64): 3e-9}
 shapes = st.tuples(st.integers(1, 8), st.integers(1, 6))  # (batch n, features d or M)
 seeds = st.integers(0, 2**31 - 1)
 few = settings(max_examples=12, deadline=None)
+# Every mode (forward AD, vmap, second derivatives) costs a dozen gradchecks an example.
+few_modes = settings(max_examples=5, deadline=None)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
@@ -72,47 +74,65 @@ def resolved(entry: Activation, param: float | None) -> float:
 # --- finite differences (gradcheck, float64) ---------------------------------------------------
 
 
+def check_all_modes(fn, inputs: tuple) -> None:
+    """First derivatives in reverse and forward mode, batched under vmap, then the second ones.
+
+    gradcheck: backward and jvp against central differences, and both again under vmap (batched
+    grad / batched forward grad); gradgradcheck: backward of backward (reverse over reverse) and
+    the jvp of backward (forward over reverse, what torch.func.hessian runs).
+    """
+    assert gradcheck(
+        fn,
+        inputs,
+        check_forward_ad=True,
+        check_batched_grad=True,
+        check_batched_forward_grad=True,
+    )
+    assert gradgradcheck(fn, inputs, check_fwd_over_rev=True, check_batched_grad=True)
+
+
 @pytest.mark.parametrize(("name", "param"), entry_params())
 @given(shape=shapes, seed=seeds)
 @example(shape=(1, 1), seed=0)
 @example(shape=(1, 6), seed=1)
-@few
-def test_activation_gradcheck(name, param, shape, seed):
+@few_modes
+def test_activation_checks_in_every_mode(name, param, shape, seed):
     entry = ACTIVATIONS[name]
     z = off_kink(randn(shape, seed, scale=2.0)).requires_grad_()
-    assert gradcheck(entry.function.apply, (z, resolved(entry, param)))
+    p = resolved(entry, param)
+    check_all_modes(lambda t: entry.function.apply(t, p), (z,))
 
 
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
 @given(n_d=shapes, out=st.integers(1, 6), seed=seeds)
 @example(n_d=(1, 1), out=1, seed=0)
-@few
-def test_linear_gradcheck(with_bias, n_d, out, seed):
+@few_modes
+def test_linear_checks_in_every_mode(with_bias, n_d, out, seed):
     n, d = n_d
     x = randn((n, d), seed).requires_grad_()
     w = randn((d, out), seed + 1).requires_grad_()
     b = randn((out,), seed + 2).requires_grad_() if with_bias else None
-    assert gradcheck(LinearFunction.apply, (x, w, b))
+    check_all_modes(LinearFunction.apply, (x, w, b))
 
 
 @given(shape=shapes, seed=seeds)
 @example(shape=(1, 1), seed=0)
 @example(shape=(1, 4), seed=0)
-@few
-def test_softmax_cross_entropy_gradcheck_logits_only(shape, seed):
+@few_modes
+def test_softmax_cross_entropy_checks_logits_only(shape, seed):
     n, m = shape
     logits = randn(shape, seed, scale=3.0).requires_grad_()
     target = torch.randint(m, (n,), generator=torch.Generator().manual_seed(seed))
-    assert gradcheck(lambda z: SoftmaxCrossEntropyFunction.apply(z, target), (logits,))
+    check_all_modes(lambda z: SoftmaxCrossEntropyFunction.apply(z, target), (logits,))
 
 
 @given(shape=shapes, seed=seeds)
 @example(shape=(1, 1), seed=0)
-@few
-def test_mse_gradcheck(shape, seed):
+@few_modes
+def test_mse_checks_in_every_mode(shape, seed):
     pred = randn(shape, seed).requires_grad_()
     target = randn(shape, seed + 1).requires_grad_()
-    assert gradcheck(MSEFunction.apply, (pred, target))
+    check_all_modes(MSEFunction.apply, (pred, target))
 
 
 # --- against torch's own ops -------------------------------------------------------------------
