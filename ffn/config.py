@@ -89,6 +89,7 @@ class TrainerConfig:
     patience: int = 5  # ... for this many epochs
     early_stopping: int = 0  # stop when val metric has not improved for this many epochs (0: off)
     num_threads: int | None = None  # torch's intra-op threads (null: torch's default)
+    eval_every: int = 1  # epochs between evaluations (train/val scalars, stopping rules)
     histogram_every: int = 1  # epochs between histograms (0: never)
     figures: bool = True
     progress: bool = True  # a progress bar when stderr is a terminal
@@ -161,6 +162,8 @@ def validate(cfg: DictConfig | Any) -> None:
     for key in ("patience", "early_stopping", "histogram_every", "checkpoint_every"):
         if t[key] < 0:
             raise ConfigError(f"trainer.{key}", t[key], "an integer >= 0")
+    if t.eval_every < 1:
+        raise ConfigError("trainer.eval_every", t.eval_every, "an integer >= 1")
     if t.num_threads is not None and t.num_threads < 1:
         raise ConfigError("trainer.num_threads", t.num_threads, "null or an integer >= 1")
     _validate_schedule(cfg.schedule)  # after trainer: cosine's T_max is trainer.max_epochs

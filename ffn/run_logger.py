@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import io
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
@@ -18,26 +20,34 @@ from ffn.model import FeedForward
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+# TensorBoard's own default for histogram summaries (plugins/histogram/summary_v2.py); its
+# dashboards re-bin to about this many buckets anyway.
+HISTOGRAM_BINS = 30
+FIGURE_DPI = 100
+
 # A sigmoid unit is saturated when its output is within this of 0 or 1 (tanh: of -1 or 1):
 # there g' < 0.01 (tanh: < 0.02), and gradients through it all but vanish.
 SATURATION_MARGIN = 0.01
 
 
-def _timed(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the call's wall time to `self.seconds` (outermost call only), to report its cost."""
+def _timed(phase: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add each call's wall time to `self.seconds[phase]` (outermost call only)."""
 
-    @functools.wraps(method)
-    def wrapper(self: RunLogger, *args: Any, **kwargs: Any) -> Any:
-        if self._in_call:
-            return method(self, *args, **kwargs)
-        self._in_call, start = True, time.perf_counter()
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - start
-            self._in_call = False
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def wrapper(self: RunLogger, *args: Any, **kwargs: Any) -> Any:
+            if self._in_call:
+                return method(self, *args, **kwargs)
+            self._in_call, start = True, time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+                self._in_call = False
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 class RunLogger:
@@ -46,35 +56,17 @@ class RunLogger:
     def __init__(self, log_dir: Path | str, purge_step: int | None = None) -> None:
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self.closed = False
-        self.seconds = 0.0  # spent in this logger: the share of a run that logging costs
+        self.seconds: dict[str, float] = {}  # logging, figures: what they cost a run
         self._in_call = False
 
-    @_timed
+    @_timed("logging")
     def scalars(self, values: Mapping[str, float | Tensor], step: int) -> None:
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, float(value), step)
+        """One event holding every value (what add_scalar writes, one event per tag, at once)."""
+        if values:
+            summary = [Summary.Value(tag=t, simple_value=float(v)) for t, v in values.items()]
+            self.writer.file_writer.add_summary(Summary(value=summary), step)
 
-    @_timed
-    @torch.no_grad()
-    def layers(self, model: FeedForward, preactivations: list[Tensor], step: int) -> None:
-        """Per-layer weight and gradient norms, sparsity, and activation health."""
-        values: dict[str, Tensor] = {}
-        for i, layer in enumerate(model.layers):
-            w = layer.weight
-            values[f"weight_norm/layer_{i}"] = w.norm()
-            if w.grad is not None:
-                values[f"grad_norm/layer_{i}"] = w.grad.norm()
-            values[f"sparsity/layer_{i}"] = (w == 0).double().mean()
-        for i, z in enumerate(preactivations):
-            health = activation_health(model, z)
-            if health is not None:
-                values[f"{model.activation.health}/layer_{i}"] = health
-        # One transfer for all of them, instead of one sync per scalar.
-        host = torch.stack([v.double() for v in values.values()]).cpu().tolist()
-        self.scalars(dict(zip(values, host, strict=True)), step)
-
-    @_timed
-    @torch.no_grad()
+    @_timed("logging")
     def histograms(self, model: FeedForward, preactivations: list[Tensor], step: int) -> None:
         """Weights, gradients and pre-activations per layer; non-finite tensors are skipped."""
         tensors: dict[str, Tensor | None] = {}
@@ -83,19 +75,34 @@ class RunLogger:
             tensors[f"grads/layer_{i}"] = layer.weight.grad
         for i, z in enumerate(preactivations):
             tensors[f"preactivations/layer_{i}"] = z
-        for tag, t in tensors.items():
-            if t is not None and t.numel() and bool(torch.isfinite(t).all()):
-                self.writer.add_histogram(tag, t.detach().cpu().double(), step, bins="auto")
+        present = {tag: t for tag, t in tensors.items() if t is not None and t.numel()}
+        protos = histogram_protos(present)
+        if protos:
+            summary = [Summary.Value(tag=tag, histo=proto) for tag, proto in protos.items()]
+            self.writer.file_writer.add_summary(Summary(value=summary), step)
 
-    @_timed
+    @_timed("figures")
     def figure(self, tag: str, fig: Figure, step: int, save_to: Path | None = None) -> None:
-        """Into TensorBoard, and as a PNG in the run folder when `save_to` is given."""
+        """Into TensorBoard, and as a PNG in the run folder when `save_to` is given.
+
+        Drawn once: the PNG that goes to the file is the image TensorBoard stores.
+        """
+        import matplotlib.pyplot as plt
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
+        width, height = (round(v) for v in fig.get_size_inches() * FIGURE_DPI)
+        plt.close(fig)
+        png = buffer.getvalue()
         if save_to is not None:
             save_to.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(save_to, dpi=100)
-        self.writer.add_figure(tag, fig, step, close=True)
+            save_to.write_bytes(png)
+        image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+        self.writer.file_writer.add_summary(
+            Summary(value=[Summary.Value(tag=tag, image=image)]), step
+        )
 
-    @_timed
+    @_timed("figures")
     def final_figures(
         self,
         model: FeedForward,
@@ -120,25 +127,43 @@ class RunLogger:
             fig = figures.predicted_vs_true_figure(out, y)
             self.figure("figures/predicted_vs_true", fig, step, folder / "predicted_vs_true.png")
 
-    @_timed
+    @_timed("logging")
     def text(self, tag: str, text: str) -> None:
         # TensorBoard renders text as markdown: indent to keep YAML as a code block.
         self.writer.add_text(tag, "\n".join("    " + line for line in text.splitlines()))
 
-    @_timed
+    @_timed("logging")
     def hparams_start(self, hparams: Mapping[str, HParamValue]) -> None:
         self.writer.file_writer.add_summary(session_start_summary(hparams))
 
-    @_timed
+    @_timed("logging")
     def hparams_end(self, status: str) -> None:
         self.writer.file_writer.add_summary(session_end_summary(status))
 
-    @_timed
+    @_timed("logging")
     def close(self) -> None:
         if not self.closed:
             self.writer.flush()
             self.writer.close()
             self.closed = True
+
+
+@torch.no_grad()
+def layer_diagnostics(model: FeedForward, preactivations: list[Tensor]) -> dict[str, Tensor]:
+    """Per-layer weight and gradient norms, sparsity, and activation health: 0-dim tensors, on
+    the device (the caller moves them to the host with its other scalars, in one transfer)."""
+    values: dict[str, Tensor] = {}
+    for i, layer in enumerate(model.layers):
+        w = layer.weight
+        values[f"weight_norm/layer_{i}"] = w.norm()
+        if w.grad is not None:
+            values[f"grad_norm/layer_{i}"] = w.grad.norm()
+        values[f"sparsity/layer_{i}"] = (w == 0).double().mean()
+    for i, z in enumerate(preactivations):
+        health = activation_health(model, z)
+        if health is not None:
+            values[f"{model.activation.health}/layer_{i}"] = health
+    return values
 
 
 def activation_health(model: FeedForward, z: Tensor) -> Tensor | None:
@@ -155,3 +180,45 @@ def activation_health(model: FeedForward, z: Tensor) -> Tensor | None:
         near = (h - low < SATURATION_MARGIN) | (1.0 - h < SATURATION_MARGIN)
         return near.double().mean()
     return None
+
+
+@torch.no_grad()
+def histogram_protos(
+    tensors: Mapping[str, Tensor], bins: int = HISTOGRAM_BINS
+) -> dict[str, HistogramProto]:
+    """TensorBoard histograms of finite tensors, binned on their device; one host transfer.
+
+    `bins` equal-width buckets over [min, max] of each tensor (as numpy's, [v - 0.5, v + 0.5]
+    when every value is v), laid out as torch's add_histogram writes them: an empty bucket
+    whose right edge is the minimum, then the counts. Tensors with a NaN or an inf are left out.
+    """
+    rows = []
+    for t in tensors.values():
+        flat = t.detach().reshape(-1).double()
+        vmin, vmax = flat.aminmax()
+        same = vmax == vmin
+        low, high = torch.where(same, vmin - 0.5, vmin), torch.where(same, vmax + 0.5, vmax)
+        index = ((flat - low) / (high - low) * bins).long().clamp_(0, bins - 1)
+        counts = torch.bincount(index, minlength=bins).double()
+        finite = torch.isfinite(flat).all().double()
+        stats = torch.stack([finite, vmin, vmax, flat.sum(), flat.dot(flat), low, high])
+        rows.append(torch.cat([stats, counts]))
+    if not rows:
+        return {}
+    host = torch.stack(rows).cpu().tolist()
+    protos = {}
+    for tag, t, row in zip(tensors, tensors.values(), host, strict=True):
+        finite, vmin, vmax, total, squares, low, high = row[:7]
+        if not finite:
+            continue
+        edges = [low + (high - low) * k / bins for k in range(1, bins + 1)]
+        protos[tag] = HistogramProto(
+            min=vmin,
+            max=vmax,
+            num=t.numel(),
+            sum=total,
+            sum_squares=squares,
+            bucket_limit=[low, *edges],
+            bucket=[0.0, *row[7:]],
+        )
+    return protos

@@ -12,7 +12,6 @@ import logging
 import math
 import random
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
-from tqdm import tqdm
 
 from ffn import checkpoint, constants
 from ffn.config import check_validation_part
@@ -33,7 +31,8 @@ from ffn.interrupt import StopFlag, stop_on_signals
 from ffn.metrics import evaluate, metric_name
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
-from ffn.run_logger import RunLogger
+from ffn.progress import EpochBar, PhaseClock, SessionClock, run_timing, startup_seconds
+from ffn.run_logger import RunLogger, layer_diagnostics
 from ffn.step import autograd_train_step, compile_gradients
 from ffn.step import train_step as manual_train_step
 
@@ -135,27 +134,29 @@ class Run:
 
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, run_dir
+        self.clock = PhaseClock()
+        self.clock.add("imports", startup_seconds())
         t = cfg.trainer
         self.device = resolve_device(t.device)
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         seed_everything(t.seed)
-        self.data = load_dataset(
-            cfg.dataset, seed=t.seed, device=self.device, dtype=DTYPES[t.dtype]
-        )
+        with self.clock("data"):
+            self.data = cached_dataset(cfg.dataset, t.seed, self.device, DTYPES[t.dtype])
         self.task, self.score = self.data.task, metric_name(self.data.task)
         check_validation_part(cfg)
         other = "r2" if self.score == "accuracy" else "accuracy"
         if cfg.optimized_metric.endswith("/" + other):
             allowed = f"a metric of a {self.task} dataset: val/loss, val/{self.score}, ..."
             raise ConfigError("optimized_metric", cfg.optimized_metric, allowed)
-        self.model = build_model(cfg, self.data, self.device, DTYPES[t.dtype])
-        self.penalty = Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True))
-        self.penalised = self.penalty.parameters(self.model)
-        self.optimizer = _instantiate(
-            "optimizer", cfg.optimizer, params=list(self.model.parameters())
-        )
-        self.schedule = _instantiate("schedule", cfg.schedule, optimizer=self.optimizer)
+        with self.clock("build"):  # torch.optim's first optimizer imports torch._dynamo (~1 s)
+            self.model = build_model(cfg, self.data, self.device, DTYPES[t.dtype])
+            self.penalty = Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True))
+            self.penalised = self.penalty.parameters(self.model)
+            self.optimizer = _instantiate(
+                "optimizer", cfg.optimizer, params=list(self.model.parameters())
+            )
+            self.schedule = _instantiate("schedule", cfg.schedule, optimizer=self.optimizer)
         self.order_gen = torch.Generator().manual_seed(t.seed)  # minibatch order, per epoch
         self.epoch_gen_state = self.order_gen.get_state()
         self.state = LoopState()
@@ -169,6 +170,10 @@ class Run:
     # --- checkpoints -------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
+        with self.clock("checkpoints"):
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
         checkpoint.save(
             self.run_dir,
             {
@@ -197,6 +202,16 @@ class Run:
 
     # --- the loop ----------------------------------------------------------------------------
 
+    def epoch_order(self, n: int, batch: int) -> Tensor | None:
+        """This epoch's permutation of the n train rows (None: full batch, no shuffling)."""
+        if self.state.batch == 0:
+            self.epoch_gen_state = self.order_gen.get_state()
+        else:  # resuming mid-epoch: replay this epoch's permutation
+            self.order_gen.set_state(self.epoch_gen_state)
+        if batch >= n:
+            return None
+        return torch.randperm(n, generator=self.order_gen).to(self.device)
+
     def minibatches(self, order: Tensor | None, batch: int, first: int):
         """(index, x, y) of every minibatch of the epoch from the `first`-th on."""
         n = self.data.x_train.shape[0]
@@ -211,91 +226,90 @@ class Run:
 
     def train(self, logger: RunLogger, stop: StopFlag) -> RunResult:
         """Epochs until a stopping rule fires, the run diverges or a signal arrives."""
-        cfg, t, s = self.cfg, self.cfg.trainer, self.state
+        cfg, t, s, clock = self.cfg, self.cfg.trainer, self.state, self.clock
         n = self.data.x_train.shape[0]
         batch = n if cfg.optimizer.full_batch else min(t.batch_size, n)
-        session_start = loop_started = time.time()
-        status, reason = "completed", "max_epochs"
-        show = t.progress and sys.stderr.isatty()
-        bar = tqdm(
-            total=t.max_epochs, initial=s.epoch, desc="epochs", disable=not show, leave=False
-        )
+        loop_started = time.time()
+        session = SessionClock()
+        bar = EpochBar(t.max_epochs, s.epoch, enabled=t.progress)
+        status, stop_reason = "completed", "max_epochs"  # what ends the run, set once
         while s.epoch < t.max_epochs:
-            if s.batch == 0:
-                self.epoch_gen_state = self.order_gen.get_state()
-            else:  # resuming mid-epoch: replay this epoch's permutation
-                self.order_gen.set_state(self.epoch_gen_state)
-            order = None
-            if batch < n:
-                order = torch.randperm(n, generator=self.order_gen).to(self.device)
-            for i, x, y in self.minibatches(order, batch, s.batch):
-                self.step(self.model, self.optimizer, self.penalty, x, y, self.task)
-                s.steps += 1
-                s.batch = i + 1
-                if stop:
-                    break
+            with clock("steps"):
+                order = self.epoch_order(n, batch)
+                for i, x, y in self.minibatches(order, batch, s.batch):
+                    self.step(self.model, self.optimizer, self.penalty, x, y, self.task)
+                    s.steps += 1
+                    s.batch = i + 1
+                    if stop:
+                        break
             if stop:
-                status, reason = "interrupted", _signal_name(stop.signum)
+                status, stop_reason = "interrupted", _signal_name(stop.signum)
                 break
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch's steps used
+            self.schedule.step()
             s.epoch, s.batch = s.epoch + 1, 0
-            host = self.end_of_epoch(logger)
-            bar.update(1)
-            postfix = {"loss": f"{host['train/loss']:.4g}"}
-            if f"val/{self.score}" in host:
-                postfix["val"] = f"{host[f'val/{self.score}']:.4f}"
-            bar.set_postfix(postfix)
-            if not all(math.isfinite(v) for v in host.values()):
-                status, reason = "diverged", "diverged"
+            last = s.epoch == t.max_epochs
+            evaluated = s.epoch % t.eval_every == 0 or last
+            host = self.log_epoch(logger, lr) if evaluated else None
+            bar.update(host, self.score)
+            if host is not None and not all(math.isfinite(v) for v in host.values()):
+                status, stop_reason = "diverged", "diverged"
                 break  # the last checkpoint, from a finite epoch, stays as it is
-            reason = self.should_stop(host)
-            s.wall_time_s += time.time() - session_start
-            session_start = time.time()
-            last = reason is not None or s.epoch == t.max_epochs
-            if t.checkpoint_every and (s.epoch % t.checkpoint_every == 0 or last):
+            fired = None if host is None else self.should_stop(host)
+            s.wall_time_s += session.bank()
+            due = s.epoch % t.checkpoint_every == 0 if t.checkpoint_every else False
+            if t.checkpoint_every and (due or last or fired is not None):
                 self.save_checkpoint()
-            if reason is not None:
+            if fired is not None:
+                stop_reason = fired
                 break
-            reason = "max_epochs"
         bar.close()
-        s.wall_time_s += time.time() - session_start
+        s.wall_time_s += session.bank()
         if status == "interrupted":
             if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
                 self.save_checkpoint()
             else:  # NaNs mid-epoch: keep the last finite checkpoint rather than overwrite it
                 status = "diverged"
-        if reason == "early_stopping" and self.best_state is not None:
+        if stop_reason == "early_stopping" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)  # report the model that was best on val
         exit_code = stop.exit_code if status == "interrupted" else 0
-        timing = {"loop_started_unix": loop_started, "loop_s": time.time() - loop_started}
+        clock.add("loop", time.time() - loop_started)
         return RunResult(
-            status, reason, s.epoch, s.steps, s.wall_time_s, exit_code=exit_code, timing=timing
+            status,
+            stop_reason,
+            s.epoch,
+            s.steps,
+            s.wall_time_s,
+            exit_code=exit_code,
+            timing={"loop_started_unix": loop_started},
         )
 
-    def end_of_epoch(self, logger: RunLogger) -> dict[str, float]:
-        """Evaluate, step the schedule, log; returns the epoch's scalars on the host."""
+    def log_epoch(self, logger: RunLogger, lr: float) -> dict[str, float]:
+        """Evaluate and log the epoch just finished; returns its scalars on the host."""
         s, score, data = self.state, self.score, self.data
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.schedule.step()
-        train_m, _, preactivations = evaluate(self.model, data.x_train, data.y_train, self.task)
-        with torch.no_grad():
-            pen = self.penalty.value(self.penalised).to(train_m["loss"])
-        scalars = {
-            "train/loss": train_m["loss"],
-            f"train/{score}": train_m[score],
-            "train/penalty": pen,
-            "train/objective": train_m["loss"] + pen,
-            "train/grad_norm": gradient_norm(self.model),
-        }
-        if data.n_val:  # val_fraction=0: no val part, so no val/ scalars at all
-            val_m, _, _ = evaluate(self.model, data.x_val, data.y_val, self.task)
-            scalars.update({"val/loss": val_m["loss"], f"val/{score}": val_m[score]})
-        # One host transfer per epoch: no synchronisation inside the steps.
-        values = torch.stack([v.detach().double().cpu() for v in scalars.values()]).tolist()
-        host = dict(zip(scalars, values, strict=True))
+        with self.clock("evaluation"):
+            train_m, _, preactivations = evaluate(self.model, data.x_train, data.y_train, self.task)
+            with torch.no_grad():
+                pen = self.penalty.value(self.penalised).to(train_m["loss"])
+            scalars = {
+                "train/loss": train_m["loss"],
+                f"train/{score}": train_m[score],
+                "train/penalty": pen,
+                "train/objective": train_m["loss"] + pen,
+                "train/grad_norm": gradient_norm(self.model),
+            }
+            if data.n_val:  # val_fraction=0: no val part, so no val/ scalars at all
+                val_m, _, _ = evaluate(self.model, data.x_val, data.y_val, self.task)
+                scalars.update({"val/loss": val_m["loss"], f"val/{score}": val_m[score]})
+            layers = layer_diagnostics(self.model, preactivations)
+            # One host transfer an epoch, for the scalars and the layers' diagnostics alike
+            tensors = [*scalars.values(), *layers.values()]
+            values = torch.stack([v.detach().double() for v in tensors]).cpu().tolist()
+        host = dict(zip(scalars, values[: len(scalars)], strict=True))
         host["train/lr"] = lr
         logger.scalars(host, s.epoch)
         if all(math.isfinite(v) for v in host.values()):
-            logger.layers(self.model, preactivations, s.epoch)
+            logger.scalars(dict(zip(layers, values[len(scalars) :], strict=True)), s.epoch)
             every = self.cfg.trainer.histogram_every
             if every and (s.epoch % every == 0 or s.epoch == 1):
                 logger.histograms(self.model, preactivations, s.epoch)
@@ -366,7 +380,8 @@ def train(
                 if hparams:
                     logger.hparams_start(hparams)
             result = run.train(logger, stop)
-            result.metrics, test_out = run.final_metrics()
+            with run.clock("final_evaluation"):
+                result.metrics, test_out = run.final_metrics()
             tests = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
             if result.status != "interrupted":  # the resumed session will log them
                 logger.scalars(tests, result.epochs)
@@ -380,7 +395,7 @@ def train(
                 logger.hparams_end(result.status)
         finally:
             logger.close()
-    result.timing["logging_s"] = logger.seconds
+    result.timing.update(run_timing(run.clock.seconds, logger.seconds))
     score = run.score
     log.info(
         "%s: test/%s=%.4f test/loss=%.4g after %d epochs (%s)",
@@ -392,3 +407,24 @@ def train(
         result.stop_reason,
     )
     return result
+
+
+# The last dataset loaded, so a sweep's jobs on the same data (a learning-rate sweep) load it
+# once. Keyed by everything load_dataset reads; files are read afresh (they may change).
+_DATASET_CACHE: dict[str, tuple[str, Dataset]] = {}
+
+
+def cached_dataset(
+    dataset: DictConfig, seed: int, device: torch.device, dtype: torch.dtype
+) -> Dataset:
+    """load_dataset(dataset, seed=seed, ...), the same tensors again if asked twice in a row."""
+    spec = OmegaConf.to_container(dataset, resolve=True)
+    if spec.get("name") == "file":
+        return load_dataset(dataset, seed=seed, device=device, dtype=dtype)
+    key = repr((sorted(spec.items()), seed, str(device), str(dtype)))
+    hit = _DATASET_CACHE.get("last")
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    data = load_dataset(dataset, seed=seed, device=device, dtype=dtype)
+    _DATASET_CACHE["last"] = (key, data)
+    return data

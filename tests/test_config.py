@@ -260,6 +260,7 @@ def test_defaults_pass_validate() -> None:
         ("trainer.patience", -1),
         ("trainer.early_stopping", -1),
         ("trainer.histogram_every", -1),
+        ("trainer.eval_every", 0),
         ("trainer.num_threads", 0),
         ("optimized_metric", "val/f1"),
     ],

@@ -2,34 +2,57 @@
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import numpy as np
-from sklearn import datasets
 
 from ffn.data.arrays import Arrays
 from ffn.data.config import DatasetConfig
 
-# name -> (sklearn loader, task); diabetes unscaled, since our split does the scaling
-_SHIPPED: dict[str, tuple[Callable[[], object], str]] = {
-    "digits": (datasets.load_digits, "classification"),  # 8x8 images, 64 features, 10 classes
-    "iris": (datasets.load_iris, "classification"),
-    "wine": (datasets.load_wine, "classification"),
-    "breast_cancer": (datasets.load_breast_cancer, "classification"),
-    "diabetes": (partial(datasets.load_diabetes, scaled=False), "regression"),
+# name -> (sklearn.datasets loader, its keyword arguments, task); diabetes unscaled, since our
+# split does the scaling
+_SHIPPED: dict[str, tuple[str, dict[str, object], str]] = {
+    "digits": ("load_digits", {}, "classification"),  # 8x8 images, 64 features, 10 classes
+    "iris": ("load_iris", {}, "classification"),
+    "wine": ("load_wine", {}, "classification"),
+    "breast_cancer": ("load_breast_cancer", {}, "classification"),
+    "diabetes": ("load_diabetes", {"scaled": False}, "regression"),
 }
 
 
 def load_shipped(name: str, cfg: DatasetConfig, seed: int) -> Arrays:
     """One of the sets above, whole; cfg and seed are unused since the data is fixed."""
-    loader, task = _SHIPPED[name]
-    bunch = loader()
-    x = np.asarray(bunch.data, dtype=np.float64)
-    y = np.asarray(bunch.target)
+    loader, kwargs, task = _SHIPPED[name]
+    data = _digits_file() if name == "digits" else None
+    if data is None:
+        from sklearn import datasets  # ~1 s of imports, paid only for these sets
+
+        bunch = getattr(datasets, loader)(**kwargs)
+        data = (bunch.data, bunch.target)
+    x = np.asarray(data[0], dtype=np.float64)
+    y = np.asarray(data[1])
     if task == "regression":
         y = y.astype(np.float64).reshape(-1, 1)
-    return Arrays(x=x, y=y, task=task)
+    return Arrays(x=x, y=y, task=task, size_key=None)
+
+
+def _digits_file() -> tuple[np.ndarray, np.ndarray] | None:
+    """digits read straight from sklearn's data file, as its load_digits reads it (np.loadtxt of
+    the gzip'd csv, the label in the last column), without importing scikit-learn: x (1797, 64),
+    y (1797,). None if the file is not where sklearn keeps it; load_digits then reads it."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        return None
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1], data[:, -1].astype(int)
 
 
 SHIPPED: dict[str, Callable[[DatasetConfig, int], Arrays]] = {

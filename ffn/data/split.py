@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from ffn.data.config import DatasetConfig
+from ffn.data.shuffle_split import train_test_split
 from ffn.errors import ConfigError
 
 # Stratifying twice (test off the whole, val off the rest) needs each class >= 2 in each call
@@ -35,11 +35,11 @@ def split_indices(
     n_test, n_val = _part_sizes(labels, n, cfg, size_key)
     rows = np.arange(n)
     try:
-        rest, test = train_test_split(rows, test_size=n_test, random_state=seed, stratify=labels)
+        rest, test = train_test_split(rows, n_test, seed, stratify=labels)
         train, val = rest, rest[:0]
         if n_val:
             strat = None if labels is None else labels[rest]
-            train, val = train_test_split(rest, test_size=n_val, random_state=seed, stratify=strat)
+            train, val = train_test_split(rest, n_val, seed, stratify=strat)
     except ValueError as exc:  # a rare imbalanced case the size checks let through
         key, value = _blame(size_key, cfg)
         raise ConfigError(key, value, f"enough samples per class to stratify ({exc})") from None

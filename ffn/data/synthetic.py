@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.datasets import make_blobs, make_moons
 
 from ffn.data.arrays import Arrays
 from ffn.data.config import DatasetConfig
@@ -66,6 +65,8 @@ def regression(cfg: DatasetConfig, seed: int) -> Arrays:
 def moons(cfg: DatasetConfig, seed: int) -> Arrays:
     """Two interleaved half circles in 2-D (n_features is ignored)."""
     _check_common(cfg)
+    from sklearn.datasets import make_moons  # sklearn's import costs ~1 s: only when used
+
     x, y = make_moons(n_samples=cfg.n_samples, noise=cfg.noise, random_state=seed)
     return Arrays(x=x, y=y, task="classification", size_key="dataset.n_samples")
 
@@ -88,6 +89,8 @@ def blobs(cfg: DatasetConfig, seed: int) -> Arrays:
     _check_common(cfg)
     _check_classes(cfg)
     _check_features(cfg, 1, "for blobs")
+    from sklearn.datasets import make_blobs
+
     x, y = make_blobs(
         n_samples=cfg.n_samples,
         n_features=cfg.n_features,

@@ -1,0 +1,201 @@
+"""What a run costs besides training, made cheap without changing what it leaves (issue 11).
+
+Histograms binned on the device and scalars written as one event still read back with
+TensorBoard's own EventAccumulator under the same tags; figures are drawn once; the numpy split
+is scikit-learn's, index for index; digits is read without importing scikit-learn;
+`trainer.eval_every`; metrics.json's timing names every phase; a sweep reuses its dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_python
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split as sklearn_split
+from tensorboard.backend.event_processing import event_accumulator
+
+from ffn.config import Config, validate
+from ffn.data.shipped import _digits_file
+from ffn.data.shuffle_split import train_test_split
+from ffn.model import FeedForward
+from ffn.progress import TIMING_PHASES
+from ffn.run_logger import HISTOGRAM_BINS, RunLogger
+from ffn.train import Run, train
+
+
+def read_events(folder: Path) -> event_accumulator.EventAccumulator:
+    guidance = dict.fromkeys(event_accumulator.DEFAULT_SIZE_GUIDANCE, 0)
+    acc = event_accumulator.EventAccumulator(str(folder), size_guidance=guidance)
+    acc.Reload()
+    return acc
+
+
+# ---------------------------------------------------------------- TensorBoard records
+
+
+def test_histograms_read_back_with_the_same_tags_and_numpy_counts(tmp_path: Path) -> None:
+    model = FeedForward(4, [8], 3, seed=0)
+    model.layers[0].weight.grad = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    model.layers[1].weight.grad = torch.full((8, 3), float("nan"))  # not finite: left out
+    z = torch.randn(50, 8, generator=torch.Generator().manual_seed(2))
+    logger = RunLogger(tmp_path)
+    logger.histograms(model, [z], step=3)
+    logger.close()
+    acc = read_events(tmp_path)
+    want = {
+        "weights/layer_0": model.layers[0].weight,
+        "weights/layer_1": model.layers[1].weight,
+        "grads/layer_0": model.layers[0].weight.grad,
+        "preactivations/layer_0": z,
+    }
+    assert sorted(acc.Tags()["histograms"]) == sorted(want)
+    for tag, tensor in want.items():
+        (event,) = acc.Histograms(tag)
+        h, values = event.histogram_value, tensor.detach().double().numpy().ravel()
+        assert event.step == 3
+        assert h.num == values.size
+        assert h.min == pytest.approx(values.min()) and h.max == pytest.approx(values.max())
+        assert h.sum == pytest.approx(values.sum(), abs=1e-9)
+        assert h.sum_squares == pytest.approx(values @ values)
+        counts, edges = np.histogram(values, bins=HISTOGRAM_BINS)
+        assert h.bucket == [0, *counts]  # an empty bucket whose right edge is the minimum
+        np.testing.assert_allclose(h.bucket_limit, edges, rtol=1e-12)
+
+
+def test_a_constant_tensor_gets_numpys_unit_range(tmp_path: Path) -> None:
+    model = FeedForward(2, [], 2, seed=0)
+    with torch.no_grad():
+        model.layers[0].weight.fill_(0.25)
+    logger = RunLogger(tmp_path)
+    logger.histograms(model, [], step=1)
+    logger.close()
+    (event,) = read_events(tmp_path).Histograms("weights/layer_0")
+    counts, edges = np.histogram(np.full(4, 0.25), bins=HISTOGRAM_BINS)
+    assert event.histogram_value.bucket == [0, *counts]
+    np.testing.assert_allclose(event.histogram_value.bucket_limit, edges)
+
+
+def test_scalars_of_one_call_read_back_as_separate_tags(tmp_path: Path) -> None:
+    logger = RunLogger(tmp_path)
+    logger.scalars({"train/loss": 0.5, "val/loss": torch.tensor(0.75)}, step=1)
+    logger.scalars({"train/loss": 0.25}, step=2)
+    logger.close()
+    acc = read_events(tmp_path)
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 0.5), (2, 0.25)]
+    assert [(e.step, e.value) for e in acc.Scalars("val/loss")] == [(1, 0.75)]
+
+
+def test_a_figure_is_drawn_once_into_file_and_tensorboard(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 1.5))
+    fig.subplots().plot([0, 1], [1, 0])
+    logger = RunLogger(tmp_path)
+    logger.figure("figures/test", fig, step=4, save_to=tmp_path / "figures" / "test.png")
+    logger.close()
+    (event,) = read_events(tmp_path).Images("figures/test")
+    png = (tmp_path / "figures" / "test.png").read_bytes()
+    assert event.step == 4 and event.encoded_image_string == png
+    assert (event.width, event.height) == (200, 150)
+    # the PNG header's own size (IHDR: width, height as big-endian 32-bit)
+    assert int.from_bytes(png[16:20], "big") == 200 and int.from_bytes(png[20:24], "big") == 150
+
+
+# ---------------------------------------------------------------- data without scikit-learn
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(2, 200),
+    n_classes=st.integers(1, 6),
+    test_share=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+    stratified=st.booleans(),
+    data=st.data(),
+)
+def test_split_is_sklearns_train_test_split(n, n_classes, test_share, seed, stratified, data):
+    labels = np.array(data.draw(st.lists(st.integers(0, n_classes - 1), min_size=n, max_size=n)))
+    rows = np.arange(n) * 7 + 3  # rows that are not their own positions
+    n_test = min(max(1, round(test_share * n)), n - 1)
+    strat = labels if stratified else None
+    try:
+        want = sklearn_split(rows, test_size=n_test, random_state=seed, stratify=strat)
+    except ValueError:
+        with pytest.raises(ValueError):
+            train_test_split(rows, n_test, seed, strat)
+        return
+    got = train_test_split(rows, n_test, seed, strat)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_digits_file_is_load_digits() -> None:
+    x, y = _digits_file()
+    bunch = load_digits()
+    np.testing.assert_array_equal(x, bunch.data)
+    np.testing.assert_array_equal(y, bunch.target)
+
+
+@pytest.mark.slow
+def test_the_default_dataset_imports_neither_sklearn_nor_scipy() -> None:
+    code = (
+        "import sys; from ffn.data import load_dataset; load_dataset({'name': 'digits'}, seed=0);"
+        "print(sorted(m for m in ('sklearn', 'scipy', 'matplotlib') if m in sys.modules))"
+    )
+    proc = run_python("-c", code, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- eval_every, timing, reuse
+
+
+def quick_config(**trainer: object):
+    """The default config on iris, quiet; `trainer` overrides the trainer keys."""
+    cfg = OmegaConf.structured(Config)
+    cfg.dataset.merge_with({"name": "iris"})
+    cfg.trainer.merge_with({"max_epochs": 5, "figures": False, "progress": False, **trainer})
+    validate(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def every_second_epoch(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("eval_every")
+    cfg = quick_config(eval_every=2, histogram_every=1, checkpoint_every=0)
+    return train(cfg, folder), read_events(folder)
+
+
+def test_eval_every_evaluates_every_nth_and_the_last_epoch(every_second_epoch) -> None:
+    result, acc = every_second_epoch
+    assert result.status == "completed" and result.epochs == 5
+    for tag in ("train/loss", "val/accuracy", "train/lr", "weight_norm/layer_0", "dead/layer_0"):
+        assert [e.step for e in acc.Scalars(tag)] == [2, 4, 5], tag
+    for tag in ("weights/layer_0", "preactivations/layer_0"):
+        assert [e.step for e in acc.Histograms(tag)] == [2, 4, 5], tag
+    assert np.isfinite(result.metrics["val/loss"])
+
+
+def test_timing_names_every_phase(every_second_epoch) -> None:
+    timing = every_second_epoch[0].timing
+    assert set(timing) == {f"{phase}_s" for phase in TIMING_PHASES} | {"loop_started_unix"}
+    assert all(v >= 0 for v in timing.values())
+    parts = timing["steps_s"] + timing["evaluation_s"] + timing["checkpoints_s"]
+    assert parts <= timing["loop_s"]
+    assert timing["figures_s"] == 0  # figures=false
+
+
+def test_runs_on_the_same_data_share_it_and_other_data_is_loaded(tmp_path: Path) -> None:
+    first = Run(quick_config(), tmp_path)
+    again = Run(quick_config(), tmp_path)
+    assert again.data is first.data
+    other_seed = Run(quick_config(seed=1), tmp_path)
+    assert other_seed.data is not first.data
+    assert not torch.equal(other_seed.data.x_test, first.data.x_test)  # another split
