@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -67,27 +67,24 @@ class FeedForward(nn.Module):
         self.backend: Backend = backend
         sizes = [in_features, *hidden, out_features]
         self.layers = nn.ModuleList(Dense(d, h, bias) for d, h in itertools.pairwise(sizes))
-        self._refresh_layer_parameters()
-        self.register_load_state_dict_post_hook(_after_load)
         # Cast first, then draw: drawing into the float32 tensors Dense creates and casting after
         # would round a float64 network's float64 draws to float32 precision.
         self.to(device=device, dtype=dtype)
         self.reset_parameters(seed)
 
     def layer_parameters(self) -> list[tuple[Tensor, Tensor | None]]:
-        """(weight (d_l, H_l), bias (H_l,) or None) of every layer, in order: the layer loop's
-        input, read from a list kept beside the registry (not through nn.Module.__getattr__, a
-        Python-level lookup that costs as much as a small kernel, ten of them a tiny step)."""
-        return self._layer_parameters
+        """(weight (d_l, H_l), bias (H_l,) or None) of every layer, in order.
 
-    def _refresh_layer_parameters(self) -> None:
-        self._layer_parameters = [(layer.weight, layer.bias) for layer in self.layers]
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> FeedForward:
-        """`.to()`, `.double()`, ...: torch may swap in new Parameter objects; re-read them."""
-        result = super()._apply(fn, recurse)
-        self._refresh_layer_parameters()
-        return result
+        Read from each layer's registry on every call, never cached: `.to()`, load_state_dict and
+        torch.func's functional_call / stack_module_state put other tensors there, and a cached
+        list would silently miss them. The registries are read directly because
+        nn.Module.__getattr__ is a Python-level lookup that costs as much as a small kernel (ten
+        of them a tiny step).
+        """
+        return [
+            (layer._parameters["weight"], layer._parameters.get("bias"))
+            for layer in self.layers._modules.values()
+        ]
 
     @torch.no_grad()
     def reset_parameters(self, seed: int) -> None:
@@ -124,7 +121,7 @@ class FeedForward(nn.Module):
         # autograd: the same formula through torch's ops (addmm), which autograd differentiates
         affine = linear if manual else linear_forward
         g = act if manual else act.native
-        *hidden, (out_weight, out_bias) = self._layer_parameters
+        *hidden, (out_weight, out_bias) = self.layer_parameters()
         preactivations = []
         h = x
         for weight, bias in hidden:
@@ -143,19 +140,14 @@ class FeedForward(nn.Module):
 
     def weights(self) -> list[Tensor]:
         """The weight matrices, one per layer: (d_l, H_l)."""
-        return [weight for weight, _ in self._layer_parameters]
+        return [weight for weight, _ in self.layer_parameters()]
 
     def biases(self) -> list[Tensor]:
-        return [bias for _, bias in self._layer_parameters if bias is not None]
+        return [bias for _, bias in self.layer_parameters() if bias is not None]
 
     def extra_repr(self) -> str:
         param = "" if self.activation.param_name is None else f"({self.activation_param})"
         return f"activation={self.activation.name}{param}, backend={self.backend}"
-
-
-def _after_load(model: FeedForward, incompatible_keys: Any) -> None:
-    """load_state_dict(assign=True) puts new Parameter objects in place of the old: re-read."""
-    model._refresh_layer_parameters()
 
 
 def check_options(hidden: Sequence[int], activation: str, backend: str) -> Activation:

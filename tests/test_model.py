@@ -362,3 +362,13 @@ def test_layer_parameters_follow_to_load_state_dict_and_copies():
     torch.testing.assert_close(model.layer_parameters()[0][0], state["layers.0.weight"])
     assert_layer_parameters_are_the_registered_ones(model.with_backend("autograd"))
     assert FeedForward(3, [4], 2, bias=False).layer_parameters()[0][1] is None
+
+
+def test_forward_reads_the_tensors_functional_call_puts_in_place():
+    """torch.func swaps tensors into the registries: a cached parameter list would ignore them."""
+    model = FeedForward(3, [4], 2, seed=0).double()
+    x = torch.randn(5, 3, dtype=F64)
+    zeros = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    for twin in (model, model.with_backend("autograd")):
+        out = torch.func.functional_call(twin, zeros, (x,))
+        torch.testing.assert_close(out, torch.zeros(5, 2, dtype=F64))
