@@ -20,6 +20,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from ffn.errors import ConfigError
 
 EXIT_BAD_CONFIG = 2
+OPEN_GROUPS = ("optimizer", "schedule")  # as open as their _target_ (ffn/targets.py)
 
 _TYPE_WORDS = {
     "Float": "a number",
@@ -48,6 +49,8 @@ def describe(error: BaseException) -> str | None:
         parent = cause.parent_node
         keys = ", ".join(sorted(str(k) for k in parent)) if parent is not None else "?"
         section = cause.full_key.rpartition(".")[0] or "the top level"
+        if section in OPEN_GROUPS:  # any keyword of the target, added with +
+            keys += f", or a keyword of its _target_ added with +{cause.full_key}=..."
         return f"invalid key {cause.full_key}: not in {section} (allowed: {keys})"
     if isinstance(cause, ValidationError) and cause.full_key:
         first = cause.msg.splitlines()[0] if cause.msg else ""

@@ -3,12 +3,15 @@
 The whole tree is stored once, as ``ffn_schema``, and named first in conf/config.yaml's defaults:
 every group file then merges onto a typed node, so a bad type or an unknown key is refused at
 composition, before anything runs, and the schema never shows up as a group choice.
-Ranges (lr > 0, lambda >= 0, ...) are checked by `validate`, one clear line per bad value.
+`validate` then checks values in one pass before anything is built, each group by its own
+checks (the dataset's, the model's, Penalty's, the optimizer and schedule against their
+`_target_`'s signature, the trainer's), one clear line per bad value.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +28,13 @@ from ffn.errors import ConfigError
 
 @dataclass
 class ModelConfig:
-    """The network: `hidden=[]` is the seed's single neuron."""
+    """The network: `hidden=[]` is the notes' single neuron."""
 
     activation: str = "relu"
     hidden: list[int] = field(default_factory=lambda: [128])
     activation_param: float | None = None  # leaky_relu's slope, elu's alpha
     bias: bool = True
-    backend: str = "manual"  # "autograd": the twin made of torch's own ops
+    backend: str = "manual"  # the forward's ops: the hand-written Functions; autograd: torch's
 
 
 @dataclass
@@ -46,41 +49,15 @@ class PenaltyConfig:
 
 
 @dataclass
-class OptimizerConfig:
-    """A torch.optim optimizer built from `_target_`; keys left null are not passed to it."""
-
-    _target_: str = "torch.optim.Adam"
-    lr: float = 1e-3
-    full_batch: bool = False  # gd: the whole training set per step (not passed to torch)
-    momentum: float | None = None
-    dampening: float | None = None
-    nesterov: bool | None = None
-    betas: list[float] | None = None
-    eps: float | None = None
-    weight_decay: float | None = None
-
-
-@dataclass
-class ScheduleConfig:
-    """A torch.optim.lr_scheduler built from `_target_`, stepped once per epoch."""
-
-    _target_: str = "torch.optim.lr_scheduler.ConstantLR"
-    factor: float | None = None
-    total_iters: int | None = None
-    gamma: float | None = None
-    step_size: int | None = None
-    T_max: int | None = None
-    eta_min: float | None = None
-    decay: float | None = None
-    power: float | None = None
-
-
-@dataclass
 class TrainerConfig:
     """The loop: when to stop, where to run, what to log."""
 
     max_epochs: int = 100
     batch_size: int = 64
+    full_batch: bool = False  # every step on the whole training set (optimizer=gd sets it)
+    # graph_free: the hand-written formulas chained with no autograd graph (ffn/step.py);
+    # autograd: loss.backward() through the model's forward (model.backend says which ops)
+    step: str = "graph_free"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"
     seed: int = 0
@@ -88,12 +65,12 @@ class TrainerConfig:
     rel_tol: float = 0.0  # stop when the objective's relative change stays under it ...
     patience: int = 5  # ... for this many epochs
     early_stopping: int = 0  # stop when val metric has not improved for this many epochs (0: off)
-    num_threads: int | None = None  # torch's intra-op threads (null: torch's default)
+    num_threads: int | None = 1  # small nets run fastest on one (docs/benchmarks.md); null: torch's
     eval_every: int = 1  # epochs between evaluations (train/val scalars, stopping rules)
     histogram_every: int = 1  # epochs between histograms (0: never)
     figures: bool = True
     progress: bool = True  # a progress bar when stderr is a terminal
-    compile: bool = False  # torch.compile the graph-free gradients (see docs/benchmarks.md)
+    compile: bool = False  # torch.compile the graph-free gradients: minutes to compile, ~1x on CPU
     checkpoint_every: int = 10  # epochs between checkpoints, and always at the end (0: never)
     resume: bool = False  # continue the run in hydra.run.dir from its last checkpoint
 
@@ -103,8 +80,14 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # Open groups: any keyword of the `_target_`, checked against its signature (ffn/targets.py)
+    optimizer: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "torch.optim.Adam", "lr": 1e-3}
+    )
+    # stepped once per epoch
+    schedule: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "torch.optim.lr_scheduler.ConstantLR"}
+    )
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optimized_metric: str = "val/loss"  # what the Hydra entry returns, for sweepers
 
@@ -140,16 +123,34 @@ def check_schema(cfg: DictConfig) -> None:
 
 
 def validate(cfg: DictConfig | Any) -> None:
-    """Range checks the types cannot express; raises ConfigError on the first bad value."""
-    check_schema(cfg)
-    _positive("optimizer.lr", cfg.optimizer.lr)
-    for key in ("momentum", "dampening", "eps", "weight_decay"):
-        value = cfg.optimizer.get(key)
-        if value is not None:
-            _finite_at_least(f"optimizer.{key}", value, 0.0, strict=key == "eps")
-    betas = cfg.optimizer.get("betas")
-    if betas is not None and not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
-        raise ConfigError("optimizer.betas", list(betas), "null or two numbers in [0, 1)")
+    """One pass over the config before anything is built: every group's own checks, then what
+    spans groups. Raises ConfigError on the first bad value; loads no data, builds no model."""
+    for check in CHECKS:
+        check(cfg)
+
+
+def check_dataset(cfg: DictConfig | Any) -> None:
+    from ffn.data.load import check_config  # here and below: --help imports ffn.config alone
+
+    check_config(OmegaConf.to_container(cfg.dataset, resolve=True))
+
+
+def check_model(cfg: DictConfig | Any) -> None:
+    from ffn.model import check_config
+
+    check_config(cfg.model)
+
+
+def check_penalty(cfg: DictConfig | Any) -> None:
+    from ffn.penalties import Penalty
+
+    Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True))
+
+
+def check_trainer(cfg: DictConfig | Any) -> None:
+    """The loop's keys, and the training step they and model.backend choose."""
+    from ffn.step import check_step
+
     t = cfg.trainer
     if t.max_epochs < 1:
         raise ConfigError("trainer.max_epochs", t.max_epochs, "an integer >= 1")
@@ -166,14 +167,23 @@ def validate(cfg: DictConfig | Any) -> None:
         raise ConfigError("trainer.eval_every", t.eval_every, "an integer >= 1")
     if t.num_threads is not None and t.num_threads < 1:
         raise ConfigError("trainer.num_threads", t.num_threads, "null or an integer >= 1")
-    _validate_schedule(cfg.schedule)  # after trainer: cosine's T_max is trainer.max_epochs
     if not 0 <= t.seed <= MAX_SEED:
         raise ConfigError("trainer.seed", t.seed, f"an integer in [0, {MAX_SEED}]")
+    check_step(t.step, cfg.model.backend, t.compile)
+
+
+def check_optimizer_and_schedule(cfg: DictConfig | Any) -> None:
+    """After the trainer: cosine's T_max is trainer.max_epochs."""
+    from ffn import targets
+
+    targets.check(cfg)
+
+
+def check_optimized_metric(cfg: DictConfig | Any) -> None:
     split, _, name = cfg.optimized_metric.partition("/")
     if split not in SPLITS or name not in METRICS:
         allowed = f"SPLIT/NAME with SPLIT in {', '.join(SPLITS)} and NAME in {', '.join(METRICS)}"
         raise ConfigError("optimized_metric", cfg.optimized_metric, allowed)
-    check_validation_part(cfg)
 
 
 def check_validation_part(cfg: DictConfig | Any) -> None:
@@ -194,42 +204,24 @@ def check_validation_part(cfg: DictConfig | Any) -> None:
         )
 
 
-def _validate_schedule(schedule: DictConfig) -> None:
-    """The step-size schedule's knobs, where torch would fail late or silently misbehave."""
-    checks = {
-        "step_size": lambda v: v >= 1,
-        "T_max": lambda v: v >= 1,
-        "total_iters": lambda v: v >= 0,
-        "gamma": lambda v: math.isfinite(v) and v > 0,
-        "factor": lambda v: 0 < v <= 1,
-        "eta_min": lambda v: math.isfinite(v) and v >= 0,
-        "decay": lambda v: math.isfinite(v) and v >= 0,
-        "power": lambda v: math.isfinite(v) and v >= 0,
-    }
-    allowed = {
-        "step_size": "an integer >= 1",
-        "T_max": "an integer >= 1",
-        "total_iters": "an integer >= 0",
-        "gamma": "a finite number > 0",
-        "factor": "a number in (0, 1]",
-        "eta_min": "a finite number >= 0",
-        "decay": "a finite number >= 0",
-        "power": "a finite number >= 0",
-    }
-    for key, ok in checks.items():
-        value = schedule.get(key)
-        if value is not None and not ok(value):
-            raise ConfigError(f"schedule.{key}", value, allowed[key])
-
-
-def _positive(key: str, value: float) -> None:
-    _finite_at_least(key, value, 0.0, strict=True)
-
-
 def _finite_at_least(key: str, value: float, low: float, strict: bool = False) -> None:
     ok = math.isfinite(value) and (value > low if strict else value >= low)
     if not ok:
         raise ConfigError(key, value, f"a finite number {'>' if strict else '>='} {low:g}")
+
+
+# In this order: the schema first (a key it lacks is no value to check), each group's own
+# checks, then what spans groups.
+CHECKS: tuple[Callable[[Any], None], ...] = (
+    check_schema,
+    check_dataset,
+    check_model,
+    check_penalty,
+    check_trainer,
+    check_optimizer_and_schedule,
+    check_optimized_metric,
+    check_validation_part,
+)
 
 
 __all__ = ["MISSING", "Config", "register_configs", "validate"]

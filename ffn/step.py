@@ -13,16 +13,21 @@ of `manual_gradients`.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from ffn.errors import ConfigError
 from ffn.functions import linear_backward, linear_forward
 from ffn.losses import loss_function, task_loss
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
+
+STEPS = ("graph_free", "autograd")  # trainer.step
+StepFunction = Callable[..., Tensor]  # (model, optimizer, penalty, x, y, task) -> loss
 
 
 def manual_gradients(model: FeedForward, x: Tensor, y: Tensor, task: str) -> Tensor:
@@ -153,3 +158,29 @@ def compile_gradients(**compile_kwargs) -> Callable[[FeedForward, Tensor, Tensor
     # every new model or shape adds a graph, up to dynamo's cache limit (then it runs eagerly).
     compile_kwargs.setdefault("dynamic", False)
     return torch.compile(manual_gradients, **compile_kwargs)
+
+
+def check_step(step: str, backend: str, compile: bool) -> None:
+    """trainer.step, trainer.compile and model.backend together: a step that can run."""
+    if step not in STEPS:
+        raise ConfigError("trainer.step", step, "one of " + ", ".join(STEPS))
+    if compile and (step != "graph_free" or backend != "manual"):
+        allowed = "false unless trainer.step=graph_free and model.backend=manual (it compiles the "
+        raise ConfigError("trainer.compile", compile, allowed + "graph-free step)")
+    if step == "graph_free" and backend != "manual":
+        allowed = (
+            "manual with trainer.step=graph_free, which runs the hand-written formulas whatever "
+            "the backend; set trainer.step=autograd to train through torch's own ops"
+        )
+        raise ConfigError("model.backend", backend, allowed)
+
+
+def choose_step(step: str, backend: str, compile: bool) -> StepFunction:
+    """The runner's training step: `train_step` (graph-free, compiled if asked) or
+    `autograd_train_step`."""
+    check_step(step, backend, compile)
+    if step == "autograd":
+        return autograd_train_step
+    if compile:
+        return functools.partial(train_step, gradients=compile_gradients())
+    return train_step

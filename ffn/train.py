@@ -7,7 +7,6 @@ steps, evaluate, log, checkpoint, and ask whether to stop.
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import math
 import random
@@ -19,12 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from ffn import checkpoint, constants
-from ffn.config import check_validation_part
+from ffn import checkpoint, constants, targets
 from ffn.data import Dataset, load_dataset
 from ffn.errors import ConfigError
 from ffn.interrupt import StopFlag, stop_on_signals
@@ -33,8 +30,7 @@ from ffn.model import FeedForward
 from ffn.penalties import Penalty
 from ffn.progress import EpochBar, PhaseClock, SessionClock, run_timing, startup_seconds
 from ffn.run_logger import RunLogger, layer_diagnostics
-from ffn.step import autograd_train_step, compile_gradients
-from ffn.step import train_step as manual_train_step
+from ffn.step import choose_step
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +99,6 @@ def build_model(cfg: DictConfig, data: Dataset, device: torch.device, dtype: tor
     )
 
 
-def _instantiate(group: str, node: DictConfig, **kwargs: Any) -> Any:
-    """Build a `_target_` node, passing only the keys that are set (null means: torch's default)."""
-    spec = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}
-    spec.pop("full_batch", None)
-    target = spec.get("_target_")
-    try:
-        return instantiate(spec, **kwargs)
-    except Exception as error:  # Hydra wraps import and argument errors alike
-        cause = error.__cause__ or error
-        detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        allowed = f"a class accepting {sorted(spec)}: {detail}"
-        raise ConfigError(f"{group}._target_", target, allowed) from None
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -144,7 +126,6 @@ class Run:
         with self.clock("data"):
             self.data = cached_dataset(cfg.dataset, t.seed, self.device, DTYPES[t.dtype])
         self.task, self.score = self.data.task, metric_name(self.data.task)
-        check_validation_part(cfg)
         other = "r2" if self.score == "accuracy" else "accuracy"
         if cfg.optimized_metric.endswith("/" + other):
             allowed = f"a metric of a {self.task} dataset: val/loss, val/{self.score}, ..."
@@ -153,19 +134,14 @@ class Run:
             self.model = build_model(cfg, self.data, self.device, DTYPES[t.dtype])
             self.penalty = Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True))
             self.penalised = self.penalty.parameters(self.model)
-            self.optimizer = _instantiate(
-                "optimizer", cfg.optimizer, params=list(self.model.parameters())
-            )
-            self.schedule = _instantiate("schedule", cfg.schedule, optimizer=self.optimizer)
+            params = list(self.model.parameters())
+            self.optimizer = targets.build("optimizer", cfg.optimizer, params)
+            self.schedule = targets.build("schedule", cfg.schedule, self.optimizer)
         self.order_gen = torch.Generator().manual_seed(t.seed)  # minibatch order, per epoch
         self.epoch_gen_state = self.order_gen.get_state()
         self.state = LoopState()
         self.best_state: dict[str, Tensor] | None = None
-        self.step = manual_train_step if self.model.backend == "manual" else autograd_train_step
-        if t.compile:
-            if self.model.backend != "manual":
-                raise ConfigError("trainer.compile", True, "false with model.backend=autograd")
-            self.step = functools.partial(manual_train_step, gradients=compile_gradients())
+        self.step = choose_step(t.step, self.model.backend, t.compile)  # graph-free or autograd
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -226,9 +202,9 @@ class Run:
 
     def train(self, logger: RunLogger, stop: StopFlag) -> RunResult:
         """Epochs until a stopping rule fires, the run diverges or a signal arrives."""
-        cfg, t, s, clock = self.cfg, self.cfg.trainer, self.state, self.clock
+        t, s, clock = self.cfg.trainer, self.state, self.clock
         n = self.data.x_train.shape[0]
-        batch = n if cfg.optimizer.full_batch else min(t.batch_size, n)
+        batch = n if t.full_batch else min(t.batch_size, n)
         loop_started = time.time()
         session = SessionClock()
         bar = EpochBar(t.max_epochs, s.epoch, enabled=t.progress)

@@ -120,7 +120,7 @@ CASES = [
     ),
     Case(
         "adam_betas_of_one_number",
-        ("optimizer.betas=[0.9]",),
+        ("+optimizer.betas=[0.9]",),  # torch's default betas are not in adam.yaml: + adds them
         "optimizer.betas",
         "[0.9]",
     ),

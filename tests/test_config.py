@@ -219,8 +219,7 @@ def test_schema_is_not_a_group_choice() -> None:
 @pytest.mark.parametrize(
     "override",
     [
-        "optimizer.lr=abc",  # bad type
-        "trainer.max_epochs=1.5",
+        "trainer.max_epochs=1.5",  # bad type
         "model.hidden=[a]",
         "trainer.figures=maybe",
         "model.hiddn=[3]",  # unknown key
@@ -250,6 +249,7 @@ def test_defaults_pass_validate() -> None:
         ("optimizer.lr", -1e-3),
         ("optimizer.lr", float("nan")),
         ("optimizer.lr", float("inf")),
+        ("optimizer.lr", "abc"),  # an open group: typed by the target's signature, here
         ("optimizer.momentum", -0.5),
         ("trainer.max_epochs", 0),
         ("trainer.batch_size", 0),
@@ -267,7 +267,7 @@ def test_defaults_pass_validate() -> None:
 )
 def test_validate_refuses(key: str, value: object) -> None:
     cfg = compose_config([])
-    OmegaConf.update(cfg, key, value)
+    OmegaConf.update(cfg, key, value, force_add=True)  # force_add: `+key=value` (momentum)
     with pytest.raises(ConfigError, match=re.escape(key)) as info:
         validate(cfg)
     assert info.value.key == key
@@ -316,3 +316,162 @@ def test_cfg_job_prints_the_main_keys() -> None:
     ):
         assert OmegaConf.select(printed, key, default="absent") != "absent", key
     assert "hydra" not in printed
+
+
+# --- one pass of checks before anything is built -------------------------------------------
+
+# A bad value in each group, on mnist1d (the set that takes seconds to generate): the key the
+# line must name.
+BAD_IN_EACH_GROUP = {
+    "dataset": (["dataset.test_fraction=1.5"], "dataset.test_fraction"),
+    "dataset-name": (["dataset.name=imagenet"], "dataset.name"),
+    "model": (["model.activation=swish"], "model.activation"),
+    "model-param": (["model=tanh", "model.activation_param=0.1"], "model.activation_param"),
+    "penalty": (["penalty=l2", "penalty.lam=-1"], "penalty.lam"),
+    "optimizer": (["optimizer.lr=-0.1"], "optimizer.lr"),
+    "optimizer-keyword": (["+optimizer.alpah=0.9"], "optimizer.alpah"),
+    "schedule": (["schedule=step", "schedule.step_size=0"], "schedule.step_size"),
+    "trainer": (["trainer.batch_size=0"], "trainer.batch_size"),
+    "trainer-step": (["trainer.step=backprop"], "trainer.step"),
+    "optimized_metric": (["optimized_metric=val/f1"], "optimized_metric"),
+}
+
+
+class DataLoaded(Exception):
+    """Raised by the spy standing in for every dataset loader."""
+
+
+@pytest.fixture
+def loader_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every dataset loader replaced by one that records its call and raises DataLoaded."""
+    from ffn.data import load
+
+    calls: list[str] = []
+
+    def spy(cfg: object, seed: int) -> None:
+        calls.append(cfg.name)
+        raise DataLoaded(cfg.name)
+
+    for name in load.DATASETS:
+        monkeypatch.setitem(load.DATASETS, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("case", list(BAD_IN_EACH_GROUP))
+def test_a_bad_value_in_each_group_is_refused_before_any_data_loads(
+    case: str, loader_spy: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    overrides, key = BAD_IN_EACH_GROUP[case]
+    job = job_config(compose_config(["dataset=mnist1d", *overrides], output_dir=tmp_path / "r"))
+    err = run_job_expecting_exit(job, capsys)
+    assert err.startswith("ffn: error: invalid value for " + key), err
+    assert loader_spy == []  # refused before the loader was asked for anything
+
+
+def test_the_loader_spy_sees_a_good_config_load(loader_spy: list[str], tmp_path: Path) -> None:
+    """The control: without a bad value the same job does reach the loader."""
+    job = job_config(compose_config(["dataset=mnist1d"], output_dir=tmp_path / "r"))
+    with pytest.raises(DataLoaded):
+        run_job(job)
+    assert loader_spy == ["mnist1d"]
+
+
+def test_check_validation_part_runs_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import ffn.config
+
+    calls = []
+    original = ffn.config.check_validation_part
+    monkeypatch.setattr(
+        ffn.config, "CHECKS", tuple(c for c in ffn.config.CHECKS if c is not original)
+    )
+
+    def counted(cfg: DictConfig) -> None:
+        calls.append(1)
+        original(cfg)
+
+    monkeypatch.setattr(ffn.config, "CHECKS", (*ffn.config.CHECKS, counted))
+    out = tmp_path / "run"
+    run_job(job_config(compose_config(["dataset=iris", *QUICK], output_dir=out)))
+    assert json.loads((out / "metrics.json").read_text())["status"] == "completed"
+    assert calls == [1]
+
+
+# --- optimizer and schedule: as open as their _target_ ---------------------------------------
+
+
+def test_any_torch_optimizer_trains_with_its_own_keywords(tmp_path: Path) -> None:
+    from ffn import targets
+
+    overrides = ["optimizer._target_=torch.optim.RMSprop", "+optimizer.alpha=0.9"]
+    out = tmp_path / "run"
+    job = job_config(compose_config(["dataset=iris", *overrides, *QUICK], output_dir=out))
+    run_job(job)
+    assert json.loads((out / "metrics.json").read_text())["status"] == "completed"
+    optimizer = targets.build("optimizer", job.optimizer, [torch.zeros(1, requires_grad=True)])
+    assert type(optimizer) is torch.optim.RMSprop
+    assert optimizer.defaults["alpha"] == 0.9 and optimizer.defaults["lr"] == job.optimizer.lr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "allowed"),
+    [
+        (["optimizer._target_=torch.optim.RMSprop", "+optimizer.alpah=0.9"], "optimizer.alpah",
+         "a keyword of torch.optim.RMSprop: lr, alpha,"),
+        (["optimizer._target_=torch.optim.RMSprop", "+optimizer.alpha=fast"], "optimizer.alpha",
+         "a number"),
+        (["optimizer=sgd", "+optimizer.nesterov=1"], "optimizer.nesterov", "true or false"),
+        (["optimizer=sgd", "+optimizer.nesterov=true"], "optimizer", "Nesterov"),  # torch's own
+        (["optimizer._target_=torch.optim.Nope"], "optimizer._target_", "an importable class"),
+        (["schedule=step", "+schedule.gama=0.5"], "schedule.gama", "gamma"),
+        (["schedule=exponential", "schedule._target_=torch.optim.lr_scheduler.StepLR"],
+         "schedule", "step_size"),  # a keyword without a default, missing
+        (["schedule._target_=torch.optim.lr_scheduler.StepLR"], "schedule.T_max",
+         "a keyword of torch.optim.lr_scheduler.StepLR"),  # cosine's key, left behind
+    ],
+)  # fmt: skip
+def test_open_groups_refuse_against_the_targets_signature(
+    overrides: list[str], key: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config(overrides))
+    assert info.value.key == key
+    assert allowed in info.value.allowed
+    assert "\n" not in str(info.value)
+
+
+# --- option files state only what differs from the defaults ----------------------------------
+
+# A file's identity may restate a default (digits.yaml says name: digits): it names the option.
+IDENTITY = {"dataset": "name", "model": "activation", "penalty": "name"}
+
+
+def _defaults_of(group: str, section: dict) -> dict:
+    """The schema's defaults for `group`; for the open groups, the signature's of its target."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    from ffn.config import Config
+
+    if group not in ("optimizer", "schedule"):
+        return OmegaConf.to_container(OmegaConf.structured(Config)[group])
+    parameters = inspect.signature(get_class(section["_target_"])).parameters
+    return {name: p.default for name, p in parameters.items()}
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(g, o) for g, o in OPTIONS if g in CONFIG_GROUPS],
+    ids=choice_ids([(g, o) for g, o in OPTIONS if g in CONFIG_GROUPS]),
+)
+def test_option_files_state_only_what_differs_from_the_defaults(group: str, option: str) -> None:
+    path = CONF / group / f"{option}.yaml"
+    raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    sections = raw if "# @package _global_" in path.read_text() else {group: raw}
+    for name, section in sections.items():
+        defaults = _defaults_of(name, section)
+        for key, value in section.items():
+            if key in (IDENTITY.get(name), "_target_"):
+                continue
+            assert key in defaults, f"{name}.{key}"
+            assert value != defaults[key], f"{path.name} restates {name}.{key}={value!r}"

@@ -353,7 +353,7 @@ BAD = {
     "model.activation=foo": "model.activation",
     f"trainer.device={BAD_DEVICE}": "trainer.device",
     "dataset.name=nope": "dataset.name",
-    "optimizer.lr=abc": "optimizer.lr",  # refused by the schema, at composition
+    "optimizer.lr=abc": "optimizer.lr",  # refused by validate, against the target's signature
     "model.hiddn=[3]": "model.hiddn",
 }
 

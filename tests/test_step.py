@@ -240,6 +240,30 @@ def test_runner_compile_trains_like_eager(tmp_path) -> None:
         assert compiled.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.parametrize("backend", ["manual", "autograd"])
+def test_runner_autograd_step_trains_like_the_graph_free_step(tmp_path, backend) -> None:
+    # trainer.step picks the step, model.backend the forward's ops: in float64 every choice
+    # must end where the graph-free run ends.
+    from ffn.train import train
+
+    graph_free = train(_runner_config(dtype="float64"), tmp_path / "graph_free")
+    cfg = _runner_config(dtype="float64", step="autograd")
+    cfg.model.backend = backend
+    through_autograd = train(cfg, tmp_path / backend)
+    assert through_autograd.steps == graph_free.steps
+    for key, value in graph_free.metrics.items():
+        assert through_autograd.metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_runner_graph_free_step_refuses_the_autograd_backend(tmp_path) -> None:
+    from ffn.train import train
+
+    cfg = _runner_config()
+    cfg.model.backend = "autograd"
+    with pytest.raises(ConfigError, match=r"model\.backend.*trainer\.step=autograd"):
+        train(cfg, tmp_path)
+
+
 def test_runner_compile_refuses_the_autograd_backend(tmp_path) -> None:
     from ffn.train import train
 

@@ -41,8 +41,8 @@ def load_dataset(
     dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     """The named dataset split into train/val/test, same seed -> bitwise the same tensors."""
-    cfg = as_config(cfg)
-    _check_call(cfg, seed, dtype)
+    cfg = check_config(cfg)
+    _check_call(seed, dtype)
     device = _device(device)
     # Independent streams, so the split does not replay the generator's draws
     make_seed, split_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
@@ -84,14 +84,20 @@ def load_dataset(
     )
 
 
-def _check_call(cfg: DatasetConfig, seed: int, dtype: torch.dtype) -> None:
-    """What load_dataset can refuse before touching any data."""
+def check_config(cfg: DatasetConfig | Mapping[str, Any]) -> DatasetConfig:
+    """The dataset group's own checks: everything that can be refused before touching data."""
+    cfg = as_config(cfg)
     if cfg.name not in DATASETS:
         raise ConfigError("dataset.name", cfg.name, "one of: " + ", ".join(sorted(DATASETS)))
     if cfg.name != "file":  # likely a forgotten dataset.name=file: do not ignore the path
         for key in ("path", "target"):
             if getattr(cfg, key) is not None:
                 raise ConfigError(f"dataset.{key}", getattr(cfg, key), "null unless name is file")
+    return cfg
+
+
+def _check_call(seed: int, dtype: torch.dtype) -> None:
+    """load_dataset's own arguments."""
     if (
         isinstance(seed, bool)
         or not isinstance(seed, int | np.integer)
