@@ -1,5 +1,6 @@
 """ffn: feed-forward networks whose every backward pass is written by hand."""
 
+from collections.abc import Callable
 from importlib import import_module
 from typing import Any
 
@@ -15,7 +16,15 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ffn' has no attribute {name!r}")
+def lazy_attributes(package: str, table: dict[str, str]) -> Callable[[str], Any]:
+    """A module's `__getattr__` that imports `table[name]` (a module path) on first use."""
+
+    def __getattr__(name: str) -> Any:
+        if name in table:
+            return getattr(import_module(table[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

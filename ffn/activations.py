@@ -1,7 +1,7 @@
 """The activation table: name -> forward g, its derivative g', and torch's own op to check against.
 
 Adding an activation is one entry in `ACTIVATIONS`; every test that loops over the table covers
-it. Derivatives are written in terms of the forward's *output* h = g(z) wherever the seed allows
+it. Derivatives are written in terms of the forward's *output* h = g(z) wherever the notes allow
 (sigm' = h(1 - h), tanh' = 1 - h^2, relu' = 1{h > 0}), so backward keeps h and not z.
 """
 

@@ -116,7 +116,7 @@ def linear_jvp(
 
 
 class LinearFunction(torch.autograd.Function):
-    """Affine layer z = x W + b with W stored as (d, H), as the seed writes it."""
+    """Affine layer z = x W + b with W stored as (d, H), as the notes write it."""
 
     generate_vmap_rule = True
 
@@ -284,7 +284,7 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
             return softmax_cross_entropy_jvp(dlogits, torch.softmax(logits, dim=1), target)
 
 
-# --- mean squared error, the seed's l_n --------------------------------------------------------
+# --- mean squared error, the notes' l_n --------------------------------------------------------
 
 
 def _check_same_shape(pred: Tensor, target: Tensor) -> None:

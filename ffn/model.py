@@ -21,7 +21,7 @@ BACKENDS = ("manual", "autograd")
 
 
 class Dense(nn.Module):
-    """Affine layer with W stored as (in_features, out_features), as the seed writes it."""
+    """Affine layer with W stored as (in_features, out_features), as the notes write it."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -36,7 +36,7 @@ class Dense(nn.Module):
 class FeedForward(nn.Module):
     """x: (n, in_features) -> (n, out_features): logits for classification, predictions otherwise.
 
-    `hidden=[]` is the seed's single neuron: multinomial logistic or linear regression once the
+    `hidden=[]` is the notes' single neuron: multinomial logistic or linear regression once the
     loss is chosen. `backend="manual"` runs the hand-written Functions; `"autograd"` is a twin
     made of torch's own ops, for comparing gradients and speed on the same parameters.
     """

@@ -4,9 +4,7 @@
 for classification) and standardised with statistics of the train part only.
 """
 
-from importlib import import_module
-from typing import Any
-
+from ffn import lazy_attributes
 from ffn.data.config import DatasetConfig
 
 __all__ = ["DATASETS", "Dataset", "DatasetConfig", "load_dataset"]
@@ -19,8 +17,4 @@ _LAZY = {
     "Dataset": "ffn.data.dataset",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ffn.data' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
