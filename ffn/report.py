@@ -35,7 +35,7 @@ _MAXIMIZED = ("accuracy", "r2")
 
 
 @dataclass
-class Run:
+class RunRow:
     """One run folder as the summary sees it; metrics are floats, NaN where not finite."""
 
     path: Path
@@ -70,7 +70,7 @@ class Summary:
     """Runs ranked best first, with the columns every output shares."""
 
     root: Path
-    runs: list[Run]  # best first
+    runs: list[RunRow]  # best first
     swept: list[str]  # override keys whose value differs between runs
     metric: str  # the metric the ranking uses
     direction: str  # minimize | maximize
@@ -92,7 +92,7 @@ class Summary:
         return rows
 
     @property
-    def failed(self) -> list[Run]:
+    def failed(self) -> list[RunRow]:
         """Runs that raised, or died before recording how they ended."""
         return [run for run in self.runs if run.status in ("failed", run_record.UNRECORDED)]
 
@@ -114,7 +114,7 @@ def find_run_dirs(root: Path) -> list[Path]:
     return sorted(visible, key=lambda d: _natural_key(str(_relative(d, root))))
 
 
-def load_run(path: Path, root: Path) -> Run:
+def load_run(path: Path, root: Path) -> RunRow:
     """A run from its metrics.json, or its event files where that is missing or still running."""
     path = Path(path)
     record = run_record.read_record(path)  # no readable end recorded: `running`
@@ -127,7 +127,7 @@ def load_run(path: Path, root: Path) -> Run:
     hydra_cfg = (_read_yaml(hydra_dir / "hydra.yaml") or {}).get("hydra", {})
     config = _read_yaml(hydra_dir / "config.yaml") or {}
     choices = hydra_cfg.get("runtime", {}).get("choices", {}) or {}
-    return Run(
+    return RunRow(
         path=path,
         name=str(_relative(path, root)),
         status=record["status"],
@@ -197,7 +197,7 @@ def direction_for(metric: str) -> str:
     return "maximize" if metric.rsplit("/", 1)[-1] in _MAXIMIZED else "minimize"
 
 
-def swept_keys(runs: Sequence[Run]) -> list[str]:
+def swept_keys(runs: Sequence[RunRow]) -> list[str]:
     """Override keys whose value differs between runs; every override key if none differs."""
     keys: list[str] = []
     for run in runs:
@@ -206,11 +206,11 @@ def swept_keys(runs: Sequence[Run]) -> list[str]:
     return varying if varying or len(runs) > 1 else keys
 
 
-def rank(runs: Sequence[Run], metric: str, direction: str) -> list[Run]:
+def rank(runs: Sequence[RunRow], metric: str, direction: str) -> list[RunRow]:
     """Completed runs with a finite metric first, best first; then the rest, in folder order."""
     sign = -1.0 if direction == "maximize" else 1.0
 
-    def key(item: tuple[int, Run]) -> tuple[int, float, int]:
+    def key(item: tuple[int, RunRow]) -> tuple[int, float, int]:
         index, run = item
         value = _score(run, metric)
         if value is not None:
@@ -380,7 +380,7 @@ def _columns(summary: Summary) -> list[str]:
     ]
 
 
-def _score(run: Run, metric: str) -> float | None:
+def _score(run: RunRow, metric: str) -> float | None:
     """The run's `metric` if it completed with a finite one, else None."""
     value = run.metrics.get(metric, math.nan)
     return value if run.status == "completed" and math.isfinite(value) else None
