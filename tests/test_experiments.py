@@ -20,7 +20,7 @@ CONF = ROOT / "conf" / "experiment"
 STUDIES = {  # study folder -> the experiment configs its sweeps come from
     "activations_depth": ["activations_depth"],
     "lasso_ridge": ["lasso_ridge", "lasso_ridge_net"],
-    "step_size": ["step_size"],
+    "step_size": ["step_size", "step_size_eos"],
     "mnist1d": ["mnist1d"],
     "vs_sklearn": ["vs_sklearn"],
 }
@@ -130,6 +130,23 @@ def test_step_size(tmp_path: Path) -> None:
     assert 0.125 < diabetes["two_over_L"] < 0.3535534
     cancer = per_seed["breast_cancer/0"]
     assert 0 < cancer["L"] <= cancer["L_global"] * (1 + 1e-9)  # softmax's curvature bound
+
+
+@pytest.mark.slow
+def test_step_size_edge_of_stability(tmp_path: Path) -> None:
+    sweep = run_smoke("step_size_eos", tmp_path)
+    report = analyze("step_size", [sweep], tmp_path)
+    assert (report / "edge_of_stability.png").is_file()
+    rows = read_analysis(sweep)["rows"]
+    assert sorted(r["lr"] for r in rows) == [0.1, 0.2]
+    for r in rows:
+        # The replay is the run: its losses are the logged ones (float32 in the event files).
+        assert r["replay_max_rel_gap"] < 1e-6
+        # lambda_max through ffn's double backward is the autograd twin's.
+        assert r["lambda_start"] == pytest.approx(r["lambda_start_twin"], rel=1e-10)
+        lams = r["series"]["lambda_max"]
+        assert len(lams) == r["series"]["steps"][-1] + 1  # every step of a short run
+        assert all(math.isfinite(v) and v > 0 for v in lams)
 
 
 @pytest.mark.slow

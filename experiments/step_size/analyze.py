@@ -1,20 +1,27 @@
-"""Study 3, step size: full-batch gradient descent's largest stable eta against 2/L.
+"""Study 3, step size: the largest stable eta against 2/L, and the edge of stability.
 
-    python experiments/step_size/analyze.py [SWEEP_DIR] [--out DIR]
+    python experiments/step_size/analyze.py [SWEEP_DIR ...] [--out DIR]
 
-SWEEP_DIR is a folder of `python run.py -m experiment=step_size` (default: the latest under
-outputs/experiments/step_size/). L is the top eigenvalue of the training loss's Hessian at the
-start, computed here from each run's seed (the model rebuilt as the runner built it, the Hessian
-by torch.autograd.functional.hessian on its autograd twin). A run is stable when its training
-loss never rises from one step to the next (the descent that eta < 2/L guarantees); the curves
-are train/loss from the event files, with the loss at the start computed here. Writes the table
-into DIR/README.md between the results markers, the figures into DIR (default: this folder), the
-study's line into experiments/README.md when DIR is this folder, and every number into
-SWEEP_DIR/analysis.json.
+Each SWEEP_DIR is a folder of `python run.py -m experiment=step_size` (linear models) or of
+`experiment=step_size_eos` (a network); default: the latest of each under outputs/experiments/.
+
+Part 1 (linear models): L is the top eigenvalue of the training loss's Hessian at the start,
+computed here from each run's seed (the model rebuilt as the runner built it, the Hessian by
+torch.autograd.functional.hessian on its autograd twin). A run is stable when its training loss
+never rises from one step to the next (the descent that eta < 2/L guarantees); the curves are
+train/loss from the event files, with the loss at the start computed here.
+
+Part 2 (a network, `edge_of_stability.py`): each run replayed, lambda_max followed along it by
+power iteration on Hessian-vector products through ffn's own second derivatives.
+
+Writes each part's table into DIR/README.md between its results markers, the figures into DIR
+(default: this folder), the study's lines into experiments/README.md when DIR is this folder,
+and every number into SWEEP_DIR/analysis.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -35,7 +42,8 @@ from ffn.train import DTYPES, build_model
 # common.py is one folder up: `python experiments/<study>/analyze.py` puts only <study>/ on path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (
-    command_line,
+    ROOT,
+    latest_sweep,
     load_runs,
     mean_std,
     save_figure,
@@ -43,6 +51,10 @@ from common import (
     sweep_minutes,
     write_results,
 )
+from common import (
+    _between as between,
+)
+from edge_of_stability import EDGE, plot, replay, summarise
 
 HERE = Path(__file__).resolve().parent
 NAME = HERE.name
@@ -91,7 +103,8 @@ def is_monotone(curve: np.ndarray) -> bool:
     return bool(np.all(np.diff(curve) <= 1e-12 * np.abs(curve[:-1])))
 
 
-def analyze(sweep: Path, out: Path) -> dict:
+def analyze_grid(sweep: Path, out: Path) -> tuple[str, str]:
+    """The eta grid on linear models against 2/L at the start: (table, index line)."""
     runs = load_runs(sweep)
     starts: dict[tuple[str, int], dict[str, float]] = {}
     rows = []
@@ -175,7 +188,6 @@ def analyze(sweep: Path, out: Path) -> dict:
     lines += ["", f"The sweep: {len(runs)} runs in {sweep_minutes(sweep):.1f} min of wall time."]
     block = "\n".join(lines)
 
-    out.mkdir(parents=True, exist_ok=True)
     plot_curves(rows, datasets, out / "convergence_curves.png")
     plot_edge(rows, datasets, out / "stability_edge.png")
 
@@ -188,11 +200,108 @@ def analyze(sweep: Path, out: Path) -> dict:
         "Largest eta of the grid whose training loss never rose, in units of 2/L (L from "
         f"the Hessian at the start; mean ± std over {n_seeds} seeds): " + "; ".join(parts) + "."
     )
-    write_results(out, NAME, block, line)
     analysis = {"per_seed": per_seed, "rows": rows, "line": line}
     (sweep / "analysis.json").write_text(json.dumps(analysis, indent=1, allow_nan=True))
-    print(block + "\n\n" + line)
-    return analysis
+    return block, line
+
+
+def analyze_edge(sweep: Path, out: Path) -> tuple[str, str]:
+    """lambda_max along gradient descent on a network against 2/eta: (table, index line)."""
+    runs = load_runs(sweep)
+    rows, series = [], {}
+    for run in runs:
+        result = replay(run.cfg)
+        logged = scalar_curve(run.path, "train/loss")
+        row = {"seed": int(run.cfg.trainer.seed), "status": run.status}
+        row.update(summarise(float(run.cfg.optimizer.lr), result, logged))
+        rows.append({**row, "series": result})
+        if row["seed"] == min(int(r.cfg.trainer.seed) for r in runs):
+            series[row["lr"]] = result
+    lrs = sorted({r["lr"] for r in rows})
+    n_seeds = len({r["seed"] for r in rows})
+    steps = max(len(r["series"]["loss"]) for r in rows)
+    lines = [
+        f"Full-batch gradient descent on a tanh network (hidden {list(runs[0].cfg.model.hidden)}), "
+        "least squares "
+        f"on {runs[0].cfg.dataset.name}, {steps} steps; lambda_max every "
+        f"{rows[0]['series']['steps'][1]} steps by power iteration on ffn's Hessian-vector "
+        f"products; mean ± std over {n_seeds} seeds. *Reached*: the first step where lambda_max "
+        f">= {EDGE:g} x 2/eta.",
+        "",
+        "| eta | 2/eta | lambda_max at the start | reached 2/eta at step | "
+        "lambda_max / (2/eta) after (median) | max lambda_max / (2/eta) | "
+        "steps the loss rose, before / after | final training loss |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for lr in lrs:
+        mine = [r for r in rows if r["lr"] == lr]
+        reached = [r["first_edge_step"] for r in mine if r["first_edge_step"] is not None]
+        never = len(mine) - len(reached)
+        cells = [
+            f"{lr:g}",
+            f"{2 / lr:g}",
+            mean_std([r["lambda_start"] for r in mine], "{:.3g}"),
+            (mean_std(reached, "{:.0f}") if reached else "—")
+            + (f" (never in {never})" if never else ""),
+            mean_std([r["median_ratio_after"] for r in mine], "{:.3g}"),
+            mean_std([r["max_ratio"] for r in mine], "{:.3g}"),
+            mean_std([r["rises_before"] for r in mine], "{:.0f}")
+            + " / "
+            + mean_std([r["rises_after"] for r in mine], "{:.0f}"),
+            mean_std([r["final_loss"] for r in mine], "{:.3g}"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    gap = max(r["replay_max_rel_gap"] for r in rows)
+    twin = max(abs(r["lambda_start"] / r["lambda_start_twin"] - 1) for r in rows)
+    lines += [
+        "",
+        f"The replays matched the runs' logged training loss to a relative {gap:.1e} (the event "
+        f"files store float32); lambda_max "
+        f"at the start through ffn's second derivatives matched the autograd twin's to {twin:.1e}. "
+        f"The sweep: {len(runs)} runs in {sweep_minutes(sweep):.1f} min of wall time.",
+    ]
+    plot(series, out / "edge_of_stability.png")
+    hover = [r["median_ratio_after"] for r in rows if r["first_edge_step"] is not None]
+    line = (
+        "Edge of stability: on a tanh network, once lambda_max reached 2/eta it stayed at "
+        f"{mean_std(hover, '{:.2f}')} x 2/eta (median after reaching it, "
+        f"{len(hover)} of {len(rows)} runs reached it)."
+    )
+    analysis = {"rows": rows, "line": line}
+    (sweep / "analysis.json").write_text(json.dumps(analysis, indent=1, allow_nan=True))
+    return "\n".join(lines), line
+
+
+# The edge-of-stability table and index line have markers of their own, so that either sweep
+# can be analysed alone without erasing the other's results.
+EDGE_BEGIN = "<!-- results: begin (edge of stability, written by analyze.py) -->"
+EDGE_END = "<!-- results: end (edge of stability) -->"
+EDGE_INDEX = ("<!-- step_size_eos: begin -->", "<!-- step_size_eos: end -->")
+
+
+def write_edge_results(out: Path, block: str, line: str) -> None:
+    """The block between the edge markers of out/README.md; the line into the study index."""
+    readme = out / "README.md"
+    text = readme.read_text() if readme.exists() else ""
+    if EDGE_BEGIN not in text:
+        text += f"\n{EDGE_BEGIN}\n{EDGE_END}\n"
+    readme.write_text(between(text, EDGE_BEGIN, EDGE_END, block))
+    index = out.parent / "README.md"
+    if index.exists() and EDGE_INDEX[0] in index.read_text():
+        index.write_text(between(index.read_text(), *EDGE_INDEX, line))
+
+
+def analyze(sweeps: list[Path], out: Path) -> None:
+    """The grid study on a linear-model sweep, the edge of stability on a network sweep."""
+    out.mkdir(parents=True, exist_ok=True)
+    for sweep in sweeps:
+        if list(load_runs(sweep)[0].cfg.model.hidden):
+            block, line = analyze_edge(sweep, out)
+            write_edge_results(out, block, line)
+        else:
+            block, line = analyze_grid(sweep, out)
+            write_results(out, NAME, block, line)
+        print(block + "\n\n" + line + "\n")
 
 
 # --------------------------------------------------------------------------- figures
@@ -254,7 +363,13 @@ def plot_edge(rows, datasets, path):
 
 
 def main(argv=None) -> None:
-    command_line(analyze, __doc__, HERE, argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="*", type=Path, help="sweep folders (default: latest)")
+    parser.add_argument("--out", type=Path, default=HERE, help="README.md and figures")
+    args = parser.parse_args(argv)
+    base = ROOT / "outputs" / "experiments"
+    names = [name for name in (NAME, f"{NAME}_eos") if (base / name).is_dir()]
+    analyze(args.sweeps or [latest_sweep(name) for name in names], args.out)
 
 
 if __name__ == "__main__":
