@@ -188,7 +188,7 @@ def check_optimized_metric(cfg: DictConfig | Any) -> None:
 
 def check_validation_part(cfg: DictConfig | Any) -> None:
     """With dataset.val_fraction=0 there is no val part: refuse what would need one."""
-    if cfg.dataset.val_fraction != 0:
+    if cfg.dataset.val_fraction != 0 or cfg.dataset.get("val_path") is not None:
         return
     need = "a validation part (dataset.val_fraction > 0)"
     if cfg.trainer.early_stopping:

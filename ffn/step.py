@@ -184,3 +184,96 @@ def choose_step(step: str, backend: str, compile: bool) -> StepFunction:
     if compile:
         return functools.partial(train_step, gradients=compile_gradients())
     return train_step
+
+
+def autograd_gradients(model: FeedForward, x: Tensor, y: Tensor, task: str) -> Tensor:
+    """`manual_gradients` through an autograd graph (model.backend's ops): p.grad set, loss back."""
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        loss = loss_function(task, model.backend)(model(x), y)
+        loss.backward()
+    return loss.detach()
+
+
+def check_smooth(penalty: Penalty | None, key: str = "penalty.name") -> None:
+    """L-BFGS needs a differentiable objective: refuse any l1 part in one line."""
+    if penalty is not None and penalty.nonsmooth_weight:
+        raise ConfigError(
+            key,
+            penalty.name,
+            "none or l2 with optimizer=lbfgs (l1 is non-smooth: use its proximal method "
+            "with optimizer=gd or optimizer=sgd)",
+        )
+
+
+def lbfgs_step(
+    model: FeedForward,
+    optimizer: torch.optim.LBFGS,
+    penalty: Penalty | None,
+    x: Tensor,
+    y: Tensor,
+    task: str,
+    gradients: Callable[[FeedForward, Tensor, Tensor, str], Tensor] = manual_gradients,
+) -> Tensor:
+    """`optimizer.step(closure)`: the closure is `gradients` plus the penalty's (smooth) gradient.
+
+    x, y: the whole training set (L-BFGS is a full-batch method). The closure returns the
+    objective l_n(w) + g(w), which the line search minimises; the step returns the data loss
+    l_n at the point the step started from (0-dim), as `train_step` does.
+    """
+    check_smooth(penalty)
+    active = penalty is not None and penalty.smooth_weight > 0
+    penalised = penalty.parameters(model) if active else []
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    cache = _LAST_EVALUATION.get(optimizer)
+    losses: list[Tensor] = []
+
+    def closure() -> Tensor:
+        # torch's LBFGS starts every step by evaluating the point its last line search ended
+        # on; that point was usually its last evaluation, so the cached value is reused.
+        if cache is not None and cache.holds(params, (x, y, penalty, gradients)):
+            loss, objective = cache.restore(params)
+        else:
+            loss = gradients(model, x, y, task)
+            objective = loss
+            if active:
+                penalty.add_gradient_(penalised)
+                with torch.no_grad():
+                    objective = loss + penalty.smooth_value(penalised).to(loss)
+            _LAST_EVALUATION[optimizer] = _Evaluation.of(
+                params, (x, y, penalty, gradients), loss, objective
+            )
+        losses.append(loss)
+        return objective
+
+    optimizer.step(closure)
+    return losses[0]
+
+
+class _Evaluation:
+    """A point the closure was evaluated at, on which data: gradients, loss and objective."""
+
+    def __init__(self, point, data, grads, loss: Tensor, objective: Tensor) -> None:
+        self.point, self.data, self.grads = point, data, grads
+        self.loss, self.objective = loss, objective
+
+    @classmethod
+    def of(cls, params: list[Tensor], data: tuple, loss, objective) -> _Evaluation:
+        grads = [None if p.grad is None else p.grad.clone() for p in params]
+        return cls([p.detach().clone() for p in params], data, grads, loss, objective)
+
+    def holds(self, params: list[Tensor], data: tuple) -> bool:
+        """The same x, y and gradients (objects), an equal penalty, params bitwise the same."""
+        (x, y, penalty, gradients), (x2, y2, penalty2, gradients2) = self.data, data
+        same = x is x2 and y is y2 and gradients is gradients2 and penalty == penalty2
+        return same and all(torch.equal(p, q) for p, q in zip(params, self.point, strict=True))
+
+    def restore(self, params: list[Tensor]) -> tuple[Tensor, Tensor]:
+        for p, g in zip(params, self.grads, strict=True):
+            p.grad = None if g is None else g.clone()
+        return self.loss, self.objective
+
+
+_LAST_EVALUATION: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Evaluation] = (
+    weakref.WeakKeyDictionary()
+)

@@ -7,6 +7,7 @@ steps, evaluate, log, checkpoint, and ask whether to stop.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import random
@@ -30,11 +31,19 @@ from ffn.model import FeedForward
 from ffn.penalties import Penalty
 from ffn.progress import EpochBar, PhaseClock, SessionClock, run_timing, startup_seconds
 from ffn.run_logger import RunLogger, layer_diagnostics
-from ffn.step import choose_step
+from ffn.step import (
+    autograd_gradients,
+    check_smooth,
+    choose_step,
+    compile_gradients,
+    lbfgs_step,
+    manual_gradients,
+)
 
 log = logging.getLogger(__name__)
 
 DTYPES = {name: getattr(torch, name) for name in constants.DTYPES}  # name -> torch dtype
+CONSTANT_SCHEDULE = "torch.optim.lr_scheduler.ConstantLR"
 
 
 @dataclass
@@ -111,6 +120,17 @@ def gradient_norm(model: FeedForward) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
+def lbfgs_runner_step(cfg: DictConfig, penalty: Penalty):
+    """The closure step for optimizer=lbfgs, after refusing what L-BFGS cannot do."""
+    check_smooth(penalty)
+    if not cfg.trainer.full_batch:
+        raise ConfigError("trainer.full_batch", False, "true with optimizer=lbfgs")
+    gradients = manual_gradients if cfg.trainer.step == "graph_free" else autograd_gradients
+    if cfg.trainer.compile:
+        gradients = compile_gradients()
+    return functools.partial(lbfgs_step, gradients=gradients)
+
+
 class Run:
     """One training run: the pieces built from the config, and the loop that trains them."""
 
@@ -142,6 +162,12 @@ class Run:
         self.state = LoopState()
         self.best_state: dict[str, Tensor] | None = None
         self.step = choose_step(t.step, self.model.backend, t.compile)  # graph-free or autograd
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            self.step = lbfgs_runner_step(cfg, self.penalty)
+            # The line search picks each step (lr is only its first try): no schedule applies.
+            if cfg.schedule._target_ != CONSTANT_SCHEDULE:
+                log.info("optimizer=lbfgs: schedule %s is not used", cfg.schedule._target_)
+            self.schedule = torch.optim.lr_scheduler.ConstantLR(self.optimizer, 1.0, 0)
 
     # --- checkpoints -------------------------------------------------------------------------
 

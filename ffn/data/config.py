@@ -37,6 +37,11 @@ class DatasetConfig:
     path: str | None = None  # name="file": a .csv with a header row, or an .npz
     target: str | None = None  # csv: the target column; npz: the y array's key (default "y")
     task: str | None = None  # name="file": None infers it from the target
+    # name="file": a given split. test_path's rows are the test part, exactly; path's rows are
+    # the train part (less a val part of val_fraction, unless val_path gives it); test_fraction
+    # is then unused, and the standardisation comes from the train part as always.
+    test_path: str | None = None
+    val_path: str | None = None
 
 
 _KINDS: dict[type, str] = {int: "an integer", float: "a number", str: "a string", bool: "a bool"}
@@ -54,6 +59,8 @@ def as_config(cfg: DatasetConfig | Mapping[str, Any]) -> DatasetConfig:
         cfg = DatasetConfig(**{key: cfg[key] for key in cfg})
     _check_types(cfg)
     _check_fractions(cfg)
+    if cfg.val_path is not None and cfg.test_path is None:
+        raise ConfigError("dataset.val_path", cfg.val_path, "null unless dataset.test_path is set")
     if cfg.split_seed is not None and not 0 <= cfg.split_seed <= MAX_SEED:
         raise ConfigError(
             "dataset.split_seed", cfg.split_seed, f"null or an integer in [0, {MAX_SEED}]"

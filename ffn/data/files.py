@@ -7,6 +7,7 @@ dataset.target or dataset.task, never in a csv/numpy traceback.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import zipfile
 from pathlib import Path
 
@@ -30,6 +31,46 @@ def load_file(cfg: DatasetConfig, seed: int) -> Arrays:
         x, y, target = read_npz(path, cfg.target)
     y, task = _resolve_task(y, cfg.task, target)
     return Arrays(x=x, y=y, task=task, size_key="dataset.path")
+
+
+def load_given_split(cfg: DatasetConfig) -> tuple[Arrays, dict[str, np.ndarray]]:
+    """path, val_path and test_path stacked in that order, and each file's rows in the stack.
+
+    The task comes from the train file (path) and binds the others; every file must have the
+    train file's number of feature columns. -> Arrays, {"train"|"val"|"test": (n_part,) int64}.
+    """
+    train = load_file(cfg, seed=0)
+    files = {"train": train}
+    for part, key in (("val", "val_path"), ("test", "test_path")):
+        if getattr(cfg, key) is not None:
+            files[part] = _given_part(cfg, key, train)
+    rows, start = {}, 0
+    for part in ("train", "val", "test"):
+        n = len(files[part].x) if part in files else 0
+        rows[part] = np.arange(start, start + n)
+        start += n
+    stacked = [files[p] for p in ("train", "val", "test") if p in files]
+    x = np.concatenate([a.x for a in stacked])
+    y = np.concatenate([a.y for a in stacked])
+    return Arrays(x=x, y=y, task=train.task, size_key="dataset.path"), rows
+
+
+def _given_part(cfg: DatasetConfig, key: str, train: Arrays) -> Arrays:
+    """The val or test file, read as the train file was: its task, its feature count."""
+    path, name = getattr(cfg, key), f"dataset.{key}"
+    try:
+        part = load_file(dataclasses.replace(cfg, path=path, task=train.task), seed=0)
+    except ConfigError as error:  # the same checks, blamed on the key that names this file
+        if error.key != "dataset.path":
+            raise
+        raise ConfigError(name, path, error.allowed) from None
+    d, d_part = train.x.shape[1], part.x.shape[1]
+    if d_part != d:
+        raise ConfigError(name, path, f"{d} feature columns, as in dataset.path; it has {d_part}")
+    text, text_part = train.y.dtype.kind == "U", part.y.dtype.kind == "U"
+    if text != text_part or (train.task == "regression" and part.y.shape[1] != train.y.shape[1]):
+        raise ConfigError(name, path, "targets of the kind and width of dataset.path's")
+    return part
 
 
 def read_csv(

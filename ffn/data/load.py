@@ -13,11 +13,11 @@ from ffn.data import synthetic
 from ffn.data.arrays import Arrays, encode_labels
 from ffn.data.config import DatasetConfig, as_config
 from ffn.data.dataset import Dataset
-from ffn.data.files import load_file
+from ffn.data.files import load_file, load_given_split
 from ffn.data.mnist1d_source import load_mnist1d
 from ffn.data.scale import Scale
 from ffn.data.shipped import SHIPPED
-from ffn.data.split import split_indices
+from ffn.data.split import split_indices, split_off_val
 from ffn.errors import ConfigError
 
 Loader = Callable[[DatasetConfig, int], Arrays]  # (cfg, seed) -> the whole dataset
@@ -48,12 +48,17 @@ def load_dataset(
     make_seed, split_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
     if cfg.split_seed is not None:  # the same split whatever the run's seed
         split_seed = cfg.split_seed
-    arrays = DATASETS[cfg.name](cfg, make_seed)
-    if cfg.name != "file" and cfg.task not in (None, arrays.task):
-        raise ConfigError("dataset.task", cfg.task, f"null or {arrays.task!r} for {cfg.name}")
+    if cfg.test_path is not None:  # the files' own split: no row moves between them
+        arrays, given = load_given_split(cfg)
+        labels = arrays.y if arrays.task == "classification" else None
+        parts = split_off_val(labels, given, cfg, split_seed)
+    else:
+        arrays = DATASETS[cfg.name](cfg, make_seed)
+        if cfg.name != "file" and cfg.task not in (None, arrays.task):
+            raise ConfigError("dataset.task", cfg.task, f"null or {arrays.task!r} for {cfg.name}")
+        labels = arrays.y if arrays.task == "classification" else None
+        parts = split_indices(labels, len(arrays.x), cfg, arrays.size_key, split_seed)
     classification = arrays.task == "classification"
-    labels = arrays.y if classification else None
-    parts = split_indices(labels, len(arrays.x), cfg, arrays.size_key, split_seed)
     x, y = arrays.x, arrays.y
     n_classes = None
     if classification:
@@ -90,7 +95,7 @@ def check_config(cfg: DatasetConfig | Mapping[str, Any]) -> DatasetConfig:
     if cfg.name not in DATASETS:
         raise ConfigError("dataset.name", cfg.name, "one of: " + ", ".join(sorted(DATASETS)))
     if cfg.name != "file":  # likely a forgotten dataset.name=file: do not ignore the path
-        for key in ("path", "target"):
+        for key in ("path", "target", "test_path", "val_path"):
             if getattr(cfg, key) is not None:
                 raise ConfigError(f"dataset.{key}", getattr(cfg, key), "null unless name is file")
     return cfg

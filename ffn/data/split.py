@@ -90,3 +90,22 @@ def _blame(size_key: str | None, cfg: DatasetConfig) -> tuple[str, object]:
     """The key (and its value) that sets the sample count; the name when the dataset fixes it."""
     key = size_key or "dataset.name"
     return key, getattr(cfg, key.removeprefix("dataset."))
+
+
+def split_off_val(
+    labels: np.ndarray | None, given: dict[str, np.ndarray], cfg: DatasetConfig, seed: int
+) -> Parts:
+    """The files' own parts; without a val file, val_fraction of the train file's rows go to val.
+
+    labels: (n,) class labels of every row (stacked as `given` says), or None for regression.
+    """
+    train, val, test = given["train"], given["val"], given["test"]
+    if cfg.val_path is None and cfg.val_fraction:
+        n_val = max(1, round(cfg.val_fraction * len(train)))
+        strat = None if labels is None or not cfg.stratify else labels[train]
+        try:
+            train, val = train_test_split(train, test_size=n_val, random_state=seed, stratify=strat)
+        except ValueError as exc:
+            allowed = f"a val_fraction the train file can give ({exc})"
+            raise ConfigError("dataset.val_fraction", cfg.val_fraction, allowed) from None
+    return Parts(train=np.sort(train), val=np.sort(val), test=np.sort(test))

@@ -1,0 +1,141 @@
+"""optimizer=lbfgs: torch.optim.LBFGS over ffn's hand-written gradients reaches the optimum.
+
+Convex problems with known minimisers: binary logistic regression against scikit-learn's
+LogisticRegression (with no penalty, and with l2 under the conversion below), ridge against its
+closed form, and the runner end to end on diabetes. The l1 penalty is refused in one line.
+
+Conventions (ffn minimises l_n(w) + lam ||W||^2, mean loss, biases unpenalised):
+- LogisticRegression, binary: C sum_i log-loss(beta) + ||beta||^2 / 2 with one vector beta.
+  ffn's two logits give beta = w_1 - w_0; at the optimum w_1 = -w_0 = beta / 2, so ffn's
+  penalty is lam ||beta||^2 / 2, and dividing sklearn's objective by C n: lam = 1 / (C n).
+- Ridge: (1/n) ||X w + b - y||^2 + lam ||w||^2 is minimised by w = (Xc'Xc + n lam I)^-1 Xc'yc
+  (Xc, yc centred), which is sklearn's Ridge with alpha = n lam.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_ffn
+from sklearn.linear_model import LogisticRegression
+
+from ffn import ConfigError, FeedForward, Penalty
+from ffn.step import lbfgs_step, manual_gradients
+
+F64 = torch.float64
+
+
+def lbfgs(model: FeedForward, **options) -> torch.optim.LBFGS:
+    """conf/optimizer/lbfgs.yaml's optimizer, tolerances tight enough for 1e-5 agreement."""
+    settings = dict(lr=1.0, max_iter=1, max_eval=25, history_size=10)
+    settings |= dict(tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
+    return torch.optim.LBFGS(model.parameters(), **(settings | options))
+
+
+def fit(model, penalty, x, y, task, iterations: int = 300) -> FeedForward:
+    optimizer = lbfgs(model)
+    for _ in range(iterations):
+        lbfgs_step(model, optimizer, penalty, x, y, task)
+    return model
+
+
+@pytest.fixture(scope="module")
+def overlapping_classes() -> tuple[np.ndarray, np.ndarray]:
+    """Two classes drawn from a logistic model: not separable, so the MLE exists.  x: (300, 4)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    p = 1 / (1 + np.exp(-(x @ np.array([1.5, -1.0, 0.5, 0.0]) + 0.3)))
+    return x, (rng.random(300) < p).astype(np.int64)
+
+
+@pytest.mark.parametrize("C", [np.inf, 0.05], ids=["no-penalty", "l2"])
+def test_logistic_regression_reaches_sklearns_coefficients(overlapping_classes, C: float) -> None:
+    x, y = overlapping_classes
+    n = len(x)
+    penalty = Penalty("none") if np.isinf(C) else Penalty("l2", lam=1 / (C * n))
+    model = FeedForward(4, [], 2, dtype=F64, seed=3)
+    fit(model, penalty, torch.as_tensor(x), torch.as_tensor(y), "classification")
+    w, b = model.layers[0].weight.detach(), model.layers[0].bias.detach()
+    beta, intercept = (w[:, 1] - w[:, 0]).numpy(), float(b[1] - b[0])
+    reference = LogisticRegression(C=C, tol=1e-12, max_iter=10_000).fit(x, y)
+    np.testing.assert_allclose(beta, reference.coef_[0], atol=1e-5)
+    assert intercept == pytest.approx(reference.intercept_[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3])
+def test_ridge_reaches_its_closed_form(lam: float) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(80, 5, generator=g, dtype=F64)
+    y = x @ torch.randn(5, 2, generator=g, dtype=F64) + 0.5 * torch.randn(80, 2, generator=g)
+    model = fit(FeedForward(5, [], 2, dtype=F64), Penalty("l2", lam), x, y, "regression")
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    w = torch.linalg.solve(xc.T @ xc + len(x) * lam * torch.eye(5, dtype=F64), xc.T @ yc)
+    b = y.mean(0) - x.mean(0) @ w
+    torch.testing.assert_close(model.layers[0].weight.detach(), w, rtol=0, atol=1e-8)
+    torch.testing.assert_close(model.layers[0].bias.detach(), b, rtol=0, atol=1e-8)
+
+
+def test_each_step_reuses_the_line_searchs_last_evaluation() -> None:
+    """The step's opening evaluation is the point the last line search ended on: not redone."""
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(50, 3, generator=g, dtype=F64), torch.randn(50, 1, generator=g, dtype=F64)
+    model = FeedForward(3, [4], 1, activation="tanh", dtype=F64)
+    optimizer, calls = lbfgs(model), []
+
+    def counted(*args):
+        calls.append(1)
+        return manual_gradients(*args)
+
+    for _ in range(10):
+        lbfgs_step(model, optimizer, Penalty("l2", 0.01), x, y, "regression", gradients=counted)
+    evaluations = optimizer.state[optimizer.param_groups[0]["params"][0]]["func_evals"]
+    assert len(calls) < evaluations  # torch counted evaluations the cache answered
+    assert len(calls) >= 10  # but every iteration computed at least its line search's point
+
+
+@pytest.mark.parametrize("penalty", [Penalty("l1", 0.1), Penalty("elastic_net", 0.1)])
+def test_l1_is_refused_in_one_line(penalty: Penalty) -> None:
+    model = FeedForward(3, [], 2, dtype=F64)
+    x, y = torch.randn(5, 3, dtype=F64), torch.tensor([0, 1, 0, 1, 1])
+    with pytest.raises(ConfigError, match="proximal method with optimizer=gd") as error:
+        lbfgs_step(model, lbfgs(model), penalty, x, y, "classification")
+    assert error.value.key == "penalty.name"
+
+
+@pytest.mark.slow
+def test_runner_reaches_the_ridge_optimum(tmp_path: Path) -> None:
+    """python run.py optimizer=lbfgs on a convex problem: its objective is the minimum's."""
+    from ffn.data import DatasetConfig, load_dataset
+
+    lam, run_dir = 0.05, tmp_path / "run"
+    proc = run_ffn(
+        "dataset=diabetes",
+        "model=linear",
+        "optimizer=lbfgs",
+        "penalty=l2",
+        f"penalty.lam={lam}",
+        "optimizer.tolerance_grad=1e-12",
+        "optimizer.tolerance_change=1e-15",
+        "trainer.dtype=float64",
+        "trainer.max_epochs=60",
+        "trainer.figures=false",
+        "trainer.histogram_every=0",
+        "trainer.progress=false",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (
+        "schedule torch.optim.lr_scheduler.CosineAnnealingLR is not used"
+        in proc.stdout + proc.stderr
+    )
+    record = json.loads((run_dir / "metrics.json").read_text())
+    d = load_dataset(DatasetConfig(name="diabetes"), seed=0, dtype=F64)
+    x, y, n = d.x_train, d.y_train, d.n_train
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    w = torch.linalg.solve(xc.T @ xc + n * lam * torch.eye(x.shape[1], dtype=F64), xc.T @ yc)
+    objective = float((xc @ w - yc).square().sum() / n + lam * w.square().sum())
+    assert record["metrics"]["train/objective"] == pytest.approx(objective, rel=1e-12)
