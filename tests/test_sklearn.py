@@ -1,0 +1,171 @@
+"""ffn.sklearn: scikit-learn's own estimator checks, its model-selection tools, and the
+penalty conventions against scikit-learn's MLP (lam = alpha / (2 n) and alpha / n).
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_diabetes, load_digits, load_iris, make_classification
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from ffn.sklearn import OPTIMIZERS, FFNClassifier, FFNRegressor
+
+# Small and quick: the checks fit these dozens of times. Minibatches of 32 exercise the
+# shuffled-minibatch path; the classifier's checks need ~0.83 accuracy on blobs, which
+# 30 Adam epochs at lr 0.01 reach.
+CHECKED = [
+    FFNClassifier(hidden_layer_sizes=(8,), lr=0.01, batch_size=32, max_epochs=30, random_state=0),
+    FFNRegressor(hidden_layer_sizes=(8,), lr=0.01, batch_size=32, max_epochs=30, random_state=0),
+    FFNRegressor(hidden_layer_sizes=(), optimizer="lbfgs", max_epochs=30, random_state=0),
+]
+
+
+def expected_failures(estimator) -> dict[str, str]:
+    """None: every check applies (pandas and array-API checks skip themselves, saying why)."""
+    return {}
+
+
+@pytest.fixture(autouse=True)
+def quiet_convergence():
+    """The checks' short fits stop at max_epochs; that warning is expected there."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+@parametrize_with_checks(CHECKED, expected_failed_checks=expected_failures)
+def test_sklearn_estimator_checks(estimator, check) -> None:
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def iris():
+    x, y = load_iris(return_X_y=True)
+    return train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+
+
+def test_pipeline_grid_search_and_cross_val_score(iris) -> None:
+    x_train, x_test, y_train, y_test = iris
+    pipe = make_pipeline(
+        StandardScaler(), FFNClassifier(hidden_layer_sizes=(16,), max_epochs=40, random_state=0)
+    )
+    grid = {"ffnclassifier__lr": [0.003, 0.03], "ffnclassifier__lam": [0.0, 1e-3]}
+    search = GridSearchCV(pipe, grid, cv=3).fit(x_train, y_train)
+    assert set(search.cv_results_["param_ffnclassifier__lr"]) == {0.003, 0.03}
+    assert len(search.cv_results_["mean_test_score"]) == 4
+    assert search.best_estimator_.score(x_test, y_test) > 0.85
+    scores = cross_val_score(search.best_estimator_, x_train, y_train, cv=3)
+    assert scores.shape == (3,) and scores.min() > 0.7
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_pickled_estimator_predicts_and_continues_alike(iris, optimizer: str) -> None:
+    x_train, x_test, y_train, _ = iris
+    clf = FFNClassifier(hidden_layer_sizes=(8,), optimizer=optimizer, max_epochs=5, random_state=1)
+    clf.set_params(lr=0.01 if optimizer in ("adam", "sgd", "momentum") else None)
+    clf.fit(x_train, y_train)
+    twin = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(twin.predict_proba(x_test), clf.predict_proba(x_test))
+    # the optimizer's state came along too: one more epoch moves both the same way
+    clf.partial_fit(x_train, y_train)
+    twin.partial_fit(x_train, y_train)
+    np.testing.assert_allclose(twin.coefs_[0], clf.coefs_[0], rtol=0, atol=1e-12)
+
+
+def test_partial_fit_and_warm_start_continue(iris) -> None:
+    x_train, _, y_train, _ = iris
+    clf = FFNClassifier(hidden_layer_sizes=(8,), lr=0.01, random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        clf.partial_fit(x_train, y_train)
+    for _ in range(3):
+        clf.partial_fit(x_train, y_train, classes=np.unique(y_train))
+    assert clf.n_iter_ == 3 and len(clf.loss_curve_) == 3
+    warm = FFNClassifier(hidden_layer_sizes=(8,), lr=0.01, max_epochs=5, warm_start=True)
+    warm.set_params(random_state=0, n_iter_no_change=100).fit(x_train, y_train)
+    first = list(warm.loss_curve_)
+    warm.fit(x_train, y_train)
+    assert warm.loss_curve_[:5] == first and len(warm.loss_curve_) == 10
+    assert warm.loss_curve_[5] < first[0]  # it went on from the trained weights
+
+
+def test_early_stopping_keeps_the_best_validation_model(iris) -> None:
+    x_train, _, y_train, _ = iris
+    clf = FFNClassifier(hidden_layer_sizes=(16,), lr=0.05, early_stopping=True, random_state=0)
+    clf.set_params(n_iter_no_change=3, max_epochs=200).fit(x_train, y_train)
+    assert clf.n_iter_ < 200 and len(clf.validation_scores_) == clf.n_iter_
+    assert clf.best_validation_score_ == max(clf.validation_scores_)
+
+
+def test_mlp_conventions_lam_from_alpha() -> None:
+    """Linear models, lbfgs on both sides: the same optimum once lam is converted from alpha."""
+    x, y = load_diabetes(return_X_y=True)
+    x, y, n, alpha = StandardScaler().fit_transform(x), (y - y.mean()) / y.std(), len(x), 5.0
+    ours = FFNRegressor(hidden_layer_sizes=(), penalty="l2", lam=alpha / n, optimizer="lbfgs")
+    ours.set_params(tol=0.0, max_epochs=300, random_state=0).fit(x, y)
+    mlp = MLPRegressor(hidden_layer_sizes=(), alpha=alpha, solver="lbfgs", tol=1e-12)
+    mlp.set_params(max_iter=5000, max_fun=100_000, random_state=0).fit(x, y)
+    # scipy's ftol stops sklearn's own fits within ~1e-4 of the optimum; a wrong conversion
+    # (a factor of 2 in lam) would be off by ~1e-2 here
+    np.testing.assert_allclose(ours.coefs_[0], mlp.coefs_[0], atol=1e-3)
+    exact = Ridge(alpha=alpha).fit(x, y)  # ridge's alpha is n lam, which is MLP's alpha
+    np.testing.assert_allclose(ours.coefs_[0][:, 0], exact.coef_, atol=1e-6)
+    x, y = load_iris(return_X_y=True)
+    x, n = StandardScaler().fit_transform(x), len(x)
+    ours = FFNClassifier(hidden_layer_sizes=(), penalty="l2", lam=alpha / (2 * n))
+    ours.set_params(optimizer="lbfgs", tol=0.0, max_epochs=300, random_state=0).fit(x, y)
+    mlp = MLPClassifier(hidden_layer_sizes=(), alpha=alpha, solver="lbfgs", tol=1e-12)
+    mlp.set_params(max_iter=5000, max_fun=100_000, random_state=0).fit(x, y)
+    np.testing.assert_allclose(ours.coefs_[0], mlp.coefs_[0], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_lbfgs_mlp_on_digits_is_accurate() -> None:
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0)
+    clf = make_pipeline(
+        StandardScaler(),
+        FFNClassifier((64,), penalty="l2", lam=1e-4, optimizer="lbfgs", random_state=0),
+    )  # 0.984 (measured); without a penalty the train loss goes to 0 and it stops at 0.967
+    assert clf.fit(x_train, y_train).score(x_test, y_test) >= 0.97
+
+
+def test_bad_parameters_name_themselves() -> None:
+    x, y = make_classification(40, 4, random_state=0)
+    cases = {
+        "penalty": FFNClassifier(penalty="l1", lam=0.1, optimizer="lbfgs"),
+        "lam": FFNClassifier(penalty="l2", lam=-1.0),
+        "optimizer": FFNClassifier(optimizer="rmsprop"),
+        "activation": FFNClassifier(activation="swish"),
+        "hidden_layer_sizes": FFNClassifier(hidden_layer_sizes=(0,)),
+        "batch_size": FFNClassifier(batch_size=0),
+    }
+    for key, estimator in cases.items():
+        with pytest.raises(ValueError, match=f"invalid value for {key}:"):
+            estimator.fit(x, y)
+
+
+def test_logdir_gets_the_runners_records(iris, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing import event_accumulator
+
+    x_train, _, y_train, _ = iris
+    clf = FFNClassifier(hidden_layer_sizes=(8,), max_epochs=3, early_stopping=True)
+    clf.set_params(logdir=str(tmp_path), random_state=0, n_iter_no_change=50).fit(x_train, y_train)
+    acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    expected = {"train/loss", "train/accuracy", "train/objective", "val/loss", "val/accuracy"}
+    assert expected | {"train/lr", "weight_norm/layer_0", "grad_norm/layer_1"} <= scalars
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
+    assert "weights/layer_0" in acc.Tags()["histograms"]
+    assert "config" in "".join(acc.Tags()["tensors"])  # the parameters, as text
