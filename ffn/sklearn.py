@@ -369,6 +369,8 @@ class _FFNEstimator(BaseEstimator):
     @torch.no_grad()
     def _log_epoch(self, logger, x, t, x_val, t_val, penalty, penalised) -> None:
         """The runner's per-epoch records: scalars, per-layer diagnostics, histograms."""
+        from ffn.run_logger import layer_diagnostics
+
         score = metric_name(self._task)
         train_m, _, preactivations = evaluate(self._model, x, t, self._task)
         pen = penalty.value(penalised).to(train_m["loss"])
@@ -383,10 +385,12 @@ class _FFNEstimator(BaseEstimator):
         if x_val is not None:
             val_m, _, _ = evaluate(self._model, x_val, t_val, self._task)
             scalars.update({"val/loss": val_m["loss"], f"val/{score}": val_m[score]})
-        host = {k: float(v) for k, v in scalars.items()}
+        layers = layer_diagnostics(self._model, preactivations)
+        tensors = [*scalars.values(), *layers.values()]  # one host transfer for all of them
+        values = torch.stack([v.detach().double() for v in tensors]).cpu().tolist()
+        host = dict(zip([*scalars, *layers], values, strict=True))
         host["train/lr"] = self._optimizer.param_groups[0]["lr"]
         logger.scalars(host, self.n_iter_)
-        logger.layers(self._model, preactivations, self.n_iter_)
         logger.histograms(self._model, preactivations, self.n_iter_)
 
     # --- pickling ------------------------------------------------------------------------------

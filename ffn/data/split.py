@@ -104,7 +104,7 @@ def split_off_val(
         n_val = max(1, round(cfg.val_fraction * len(train)))
         strat = None if labels is None or not cfg.stratify else labels[train]
         try:
-            train, val = train_test_split(train, test_size=n_val, random_state=seed, stratify=strat)
+            train, val = train_test_split(train, n_val, seed, stratify=strat)
         except ValueError as exc:
             allowed = f"a val_fraction the train file can give ({exc})"
             raise ConfigError("dataset.val_fraction", cfg.val_fraction, allowed) from None
