@@ -72,6 +72,18 @@ CASES = [
     ),
     Case("unknown_dtype", ("trainer.dtype=float16",), "trainer.dtype", "float16"),
     Case("unknown_l1_method", ("penalty=l1", "penalty.method=lars"), "penalty.method", "lars"),
+    Case("lbfgs_with_l1", ("optimizer=lbfgs", "penalty=l1"), "penalty.name", "'l1'"),
+    Case(
+        "test_path_missing",
+        (
+            "dataset=file",
+            "dataset.path={data}/ok.csv",
+            "dataset.target=y",
+            "dataset.test_path={data}/absent.csv",
+        ),
+        "dataset.test_path",
+        "{data}/absent.csv",
+    ),
     file_case("missing_data_file", "absent.csv", "dataset.path", "{data}/absent.csv"),
     file_case("csv_text_column", "text.csv", "dataset.path", "{data}/text.csv"),
     Case(

@@ -23,6 +23,7 @@ STUDIES = {  # study folder -> the experiment configs its sweeps come from
     "step_size": ["step_size", "step_size_eos"],
     "mnist1d": ["mnist1d"],
     "vs_sklearn": ["vs_sklearn"],
+    "lars_diabetes": ["lars_diabetes"],
 }
 
 
@@ -173,3 +174,25 @@ def test_vs_sklearn(tmp_path: Path) -> None:
         assert 0.0 <= r["ffn_accuracy"] <= 1.0
     digits = next(r for r in rows if r["dataset"] == "digits")
     assert (digits["n_train"], digits["n_test"]) == (1347, 450)  # train_test_split's sizes
+
+
+def test_lars_diabetes_file_is_sklearns_copy_of_the_papers_data() -> None:
+    from sklearn.datasets import load_diabetes
+
+    table = np.loadtxt(
+        ROOT / "experiments" / "lars_diabetes" / "diabetes.csv", delimiter=",", skiprows=1
+    )
+    paper = load_diabetes(scaled=False)
+    assert np.array_equal(table[:, :10], paper.data) and np.array_equal(table[:, 10], paper.target)
+
+
+@pytest.mark.slow
+def test_lars_diabetes(tmp_path: Path) -> None:
+    sweep = run_smoke("lars_diabetes", tmp_path)
+    analyze("lars_diabetes", [sweep], tmp_path)
+    result = read_analysis(sweep)
+    # One lam in each of the paper's 2nd, 4th and 6th steps: the active sets are the first 2, 4
+    # and 6 variables of its order of entry, and each run is the exact lasso solution.
+    order = result["paper"]["entry_order"]
+    assert result["active"] == [sorted(order[:k]) for k in (2, 4, 6)]
+    assert result["max_abs_diff_vs_exact"] < 1e-9 and result["zeros_match_exact"]
