@@ -13,6 +13,7 @@ links printed at start tick every run (`runSelectionState` in the page's address
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -72,7 +73,7 @@ def name_runs(paths: Sequence[Path], root: Path) -> list[BoardRun]:
         if hparams is None:  # a run from before HParams records: its overrides
             hparams = dict(load_run(path, root).overrides)
         sessions.append(hparams)
-    keys = list(dict.fromkeys(k for h in sessions for k in h))
+    keys = sorted({k for h in sessions for k in h})
     varying = [
         k for k in keys if len({format_value(h[k]) if k in h else None for h in sessions}) > 1
     ]
@@ -112,7 +113,9 @@ def build_view(root: Path, view: Path) -> list[BoardRun]:
 
 def links(url: str, runs: Sequence[BoardRun]) -> dict[str, str]:
     """Page addresses: HParams, and Scalars with every run ticked and the headline tags."""
+    # the dashboard keeps the run selection in its address as base64 of a JSON object
     selection = json.dumps({run.name: True for run in runs}, separators=(",", ":"))
+    selection = base64.b64encode(selection.encode()).decode()
     scalars = "#scalars&" + urllib.parse.urlencode(
         {"tagFilter": SCALARS_FILTER, "runSelectionState": selection},
         quote_via=urllib.parse.quote,
