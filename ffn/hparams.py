@@ -145,14 +145,13 @@ def headline_metrics(tags: Iterable[str]) -> list[str]:
     """The metric columns among `tags`, in HEADLINE_METRICS order, at most MAX_METRICS.
 
     A dashboard over classification and regression runs has both scores; their train/ columns
-    go first when there are too many.
+    make way when there are too many.
     """
     present = set(tags)
     wanted = [m.format(score=s) for m in HEADLINE_METRICS for s in SCORES]
     shown = list(dict.fromkeys(m for m in wanted if m in present))
-    for spare in ("train/r2", "train/accuracy"):
-        if len(shown) > MAX_METRICS and spare in shown:
-            shown.remove(spare)
+    if len(shown) > MAX_METRICS:  # both tasks: neither train/ score, rather than one of them
+        shown = [m for m in shown if m not in ("train/accuracy", "train/r2")]
     return shown[:MAX_METRICS]
 
 
