@@ -343,7 +343,8 @@ def over_seeds(
 def sweep_warnings(runs: Sequence[RunRow], swept: Sequence[str]) -> list[str]:
     """Swept keys that changed nothing (same metrics bit for bit), and jobs that repeat another."""
     warnings = []
-    finished = [run for run in runs if run.status in ("completed", "diverged") and run.metrics]
+    # completed runs only: every diverged run "ends alike" (NaN), whatever its settings
+    finished = [run for run in runs if run.status == "completed" and run.metrics]
     for key in swept:
         others = [k for k in swept if k != key]
         groups: dict[tuple[str, ...], list[RunRow]] = {}
