@@ -15,7 +15,7 @@ import yaml
 from helpers import ROOT, TINY, read_rows, run_ffn
 from hydra.core.utils import JobReturn, JobStatus
 
-from ffn import report
+from ffn import report, summary_plot
 from ffn.hparams import chosen_hparams, experiment_keys, headline_metrics
 from ffn.report import direction_for, load_run, read_event_files, summarize, write_report
 from ffn.run_logger import RunLogger
@@ -321,11 +321,11 @@ def test_headline_metrics_fit_the_table() -> None:
 
 
 def test_plot_axes() -> None:
-    assert report.axis_scale([0.001, 0.01, 0.1]) == "log"
-    assert report.axis_scale([0.0, 1e-4, 1e-3]) == "symlog"
-    assert report.axis_scale([16, 32, 64]) == "linear"
-    assert report.axis_scale([0, 1, 2, 3]) == "linear"
-    low, high = report.robust_range([0.30, 0.31, 0.32, 0.33, 0.34, 20.0])
+    assert summary_plot.axis_scale([0.001, 0.01, 0.1]) == "log"
+    assert summary_plot.axis_scale([0.0, 1e-4, 1e-3]) == "symlog"
+    assert summary_plot.axis_scale([16, 32, 64]) == "linear"
+    assert summary_plot.axis_scale([0, 1, 2, 3]) == "linear"
+    low, high = summary_plot.robust_range([0.30, 0.31, 0.32, 0.33, 0.34, 20.0])
     assert low == pytest.approx(0.30) and high < 1.0  # the outlier falls outside
 
 
