@@ -22,6 +22,18 @@ from ffn.errors import ConfigError
 EXIT_BAD_CONFIG = 2
 OPEN_GROUPS = ("optimizer", "schedule")  # as open as their _target_ (ffn/targets.py)
 
+# Hydra plugin config groups -> the extra of pyproject.toml that installs their choices.
+PLUGIN_EXTRAS = {
+    "hydra/launcher": {
+        "joblib": "parallel",
+        "slurm": "slurm",
+        "submitit_slurm": "slurm",
+        "submitit_local": "slurm",
+    },
+    "hydra/sweeper": {"optuna": "optuna"},
+    "hydra/sweeper/sampler": {"*": "optuna"},
+}
+
 _TYPE_WORDS = {
     "Float": "a number",
     "Integer": "an integer",
@@ -36,9 +48,8 @@ def describe(error: BaseException) -> str | None:
         return str(error)
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group, _, choice = str(error.missing_cfg_file).rpartition("/")
-        options = ", ".join(error.options or [])
         if group:
-            return str(ConfigError(group.replace("/", "."), choice, f"one of {options}"))
+            return str(ConfigError(group.replace("/", "."), choice, _allowed_choices(error)))
         return f"no config named {choice!r}"
     if isinstance(error, (FileExistsError, NotADirectoryError)) and error.filename:
         # Hydra could not make the run folder: a file stands where it (or a parent) should be.
@@ -67,6 +78,22 @@ def describe(error: BaseException) -> str | None:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         return " ".join(lines)
     return None
+
+
+def install_hint(group: str, choice: str) -> str | None:
+    """`pip install -e ".[parallel]"` for a plugin choice whose extra is not installed."""
+    extras = PLUGIN_EXTRAS.get(group, {})
+    extra = extras.get(choice) or extras.get("*")
+    return f'the {extra} extra: pip install -e ".[{extra}]"' if extra else None
+
+
+def _allowed_choices(error: MissingConfigException) -> str:
+    group, _, choice = str(error.missing_cfg_file).rpartition("/")
+    options = ", ".join(error.options or [])
+    hint = install_hint(group, choice)
+    if hint:
+        return f"one of {options}, or install {hint}" if options else f"install {hint}"
+    return f"one of {options}" if options else f"no {group} choices are installed"
 
 
 def report_and_exit(line: str) -> NoReturn:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ffn import checkpoint, run_record
 from ffn.config import validate
 from ffn.errors import ConfigError
-from ffn.hparams import flatten
+from ffn.hparams import chosen_hparams, experiment_keys
 from ffn.train import train
 
 log = logging.getLogger(__name__)
@@ -25,13 +25,13 @@ CONFIG_GROUPS = ("dataset", "model", "penalty", "optimizer", "schedule", "traine
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
-    """The group choices (model=relu, ...) and every config value, flattened for HParams."""
-    choices = HydraConfig.get().runtime.choices
-    flat = {group: str(choices.get(group)) for group in CONFIG_GROUPS if choices.get(group)}
+    """What the user chose (group choices, overridden keys, an experiment's keys), for HParams."""
+    hydra_cfg = HydraConfig.get()
+    choices = hydra_cfg.runtime.choices
+    sources = [s.path.removeprefix("file://") for s in hydra_cfg.runtime.config_sources]
     config = OmegaConf.to_container(cfg, resolve=True)
-    config["trainer"].pop("resume", None)  # how a run was started is not a hyperparameter
-    flat.update(flatten(config))
-    return flat
+    keys = experiment_keys(choices.get("experiment"), [Path(s) for s in sources if s])
+    return chosen_hparams(choices, list(hydra_cfg.overrides.task), config, keys)
 
 
 def resumed_config(run_dir: Path) -> tuple[DictConfig, dict[str, Any]]:

@@ -21,6 +21,13 @@ def r2_score(pred: Tensor, target: Tensor) -> Tensor:
     return 1 - ss_res / ss_tot
 
 
+@torch.no_grad()
+def weight_sparsity(model: FeedForward) -> float:
+    """Fraction of exact zeros over every weight matrix (the lasso's effect); biases not counted."""
+    zeros = sum(int((layer.weight == 0).sum()) for layer in model.layers)
+    return zeros / max(sum(layer.weight.numel() for layer in model.layers), 1)
+
+
 def metric_name(task: str) -> str:
     """The headline metric of a task, as logged: `accuracy` or `r2`."""
     return "accuracy" if task == "classification" else "r2"

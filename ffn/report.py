@@ -6,6 +6,11 @@ event files where metrics.json is missing or never got past "running". The colum
 overrides that differ between runs (a run that did not override a key shows the value its config
 had), the final metrics, status, epochs and wall time. The sweep callback (ffn.sweep) writes the
 same files at the end of every multirun.
+
+Classification and regression runs are ranked in separate tables (their losses do not compare),
+each by its task's metric unless the runs name another (`DEFAULT_METRIC`). When trainer.seed is
+swept, summary_seeds.csv holds one row a configuration: mean, std (ddof=1) and n of each metric.
+Warnings name swept keys that changed nothing and jobs that repeat another.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ STATUSES = tuple(run_record.STATUSES)  # ranked in this order after the finished
 NOT_METRICS = frozenset({"train/lr", "train/grad_norm"})
 _METRIC_TAG = re.compile(r"^(train|val|test)/[^/]+$")
 _MAXIMIZED = ("accuracy", "r2")
+# The ranking metric of each task when the runs name none but the config's default
+# (val/loss ranks classifiers by confidence, not by how many they get right).
+DEFAULT_METRIC = {"classification": "val/accuracy", "regression": "val/loss", "unknown": "val/loss"}
+CONFIG_DEFAULT_METRIC = "val/loss"  # conf/config.yaml's optimized_metric
+SEED_KEY = "trainer.seed"
 
 
 @dataclass
@@ -51,6 +61,14 @@ class RunRow:
     config: dict[str, Any] = field(default_factory=dict)  # the job's resolved config
     optimized_metric: str | None = None
 
+    @property
+    def task(self) -> str:
+        """classification, regression, or unknown (a run that never got to measure anything)."""
+        scores = {name.rsplit("/", 1)[-1] for name in self.metrics}
+        if "accuracy" in scores:
+            return "classification"
+        return "regression" if "r2" in scores else "unknown"
+
     def value(self, key: str) -> str:
         """The run's value for an override key: as overridden, else its group choice or config."""
         if key in self.overrides:
@@ -66,6 +84,15 @@ class RunRow:
 
 
 @dataclass
+class ConfigRow:
+    """A configuration over its seeds: mean, std (ddof=1, NaN for one run), n of each metric."""
+
+    values: dict[str, str]  # swept key (but the seed) -> value
+    runs: list[RunRow]
+    stats: dict[str, tuple[float, float, int]]  # metric -> (mean, std, n)
+
+
+@dataclass
 class Summary:
     """Runs ranked best first, with the columns every output shares."""
 
@@ -75,6 +102,9 @@ class Summary:
     metric: str  # the metric the ranking uses
     direction: str  # minimize | maximize
     metric_names: list[str]  # every final metric, `metric` first
+    task: str = "unknown"
+    warnings: list[str] = field(default_factory=list)
+    configs: list[ConfigRow] = field(default_factory=list)  # over seeds, when trainer.seed is swept
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict a run, in rank order, with the CSV's columns as keys."""
@@ -111,7 +141,7 @@ def find_run_dirs(root: Path) -> list[Path]:
     visible = [
         d for d in found if not any(part.startswith(".") for part in _relative(d, root).parts)
     ]
-    return sorted(visible, key=lambda d: _natural_key(str(_relative(d, root))))
+    return sorted(visible, key=lambda d: natural_key(str(_relative(d, root))))
 
 
 def load_run(path: Path, root: Path) -> RunRow:
@@ -209,114 +239,253 @@ def swept_keys(runs: Sequence[RunRow]) -> list[str]:
 def rank(runs: Sequence[RunRow], metric: str, direction: str) -> list[RunRow]:
     """Completed runs with a finite metric first, best first; then the rest, in folder order."""
     sign = -1.0 if direction == "maximize" else 1.0
+    # Ties in a score (a small val split has few distinct accuracies) go to the lower loss.
+    split, _, name = metric.rpartition("/")
+    tiebreak = f"{split}/loss" if name in _MAXIMIZED else None
 
-    def key(item: tuple[int, RunRow]) -> tuple[int, float, int]:
+    def key(item: tuple[int, RunRow]) -> tuple[int, float, float, int]:
         index, run = item
-        value = _score(run, metric)
+        value = final_score(run, metric)
         if value is not None:
-            return (0, sign * value, index)
+            loss = final_score(run, tiebreak) if tiebreak else None
+            return (0, sign * value, loss if loss is not None else math.inf, index)
         tier = 1 + STATUSES.index(run.status) if run.status in STATUSES else len(STATUSES) + 1
-        return (tier, 0.0, index)
+        return (tier, 0.0, 0.0, index)
 
     return [run for _, run in sorted(enumerate(runs), key=key)]
 
 
-def summarize(root: Path | str, metric: str | None = None, direction: str | None = None) -> Summary:
-    """Every run under `root`, ranked by `metric` (default: the runs' own optimized_metric)."""
-    root = Path(root)
-    runs = [load_run(d, root) for d in find_run_dirs(root)]
-    if metric is None:
-        named = Counter(run.optimized_metric for run in runs if run.optimized_metric)
-        metric = named.most_common(1)[0][0] if named else "val/loss"
+def default_metric(runs: Sequence[RunRow], task: str) -> str:
+    """The runs' optimized_metric if they chose one, else the task's (DEFAULT_METRIC)."""
+    named = Counter(run.optimized_metric for run in runs if run.optimized_metric)
+    chosen = named.most_common(1)[0][0] if named else CONFIG_DEFAULT_METRIC
+    return chosen if chosen != CONFIG_DEFAULT_METRIC else DEFAULT_METRIC[task]
+
+
+def summarize_runs(
+    root: Path, runs: Sequence[RunRow], metric: str | None = None, direction: str | None = None
+) -> Summary:
+    """`runs` (one task) ranked by `metric`, with their seed table and warnings."""
+    task = next((run.task for run in runs if run.task != "unknown"), "unknown")
+    metric = metric or default_metric(runs, task)
     direction = direction or direction_for(metric)
     names = {name for run in runs for name in run.metrics}
     order = {"val": 0, "test": 1, "train": 2}
     others = sorted(names - {metric}, key=lambda n: (order.get(n.split("/")[0], 3), n))
+    swept = swept_keys(runs)
+    ranked = rank(runs, metric, direction)
+    metric_names = [metric, *others]
     return Summary(
         root=root,
-        runs=rank(runs, metric, direction),
-        swept=swept_keys(runs),
+        runs=ranked,
+        swept=swept,
         metric=metric,
         direction=direction,
-        metric_names=[metric, *others],
+        metric_names=metric_names,
+        task=task,
+        warnings=sweep_warnings(ranked, swept),
+        configs=over_seeds(ranked, swept, metric_names, metric, direction),
     )
+
+
+def summarize_all(
+    root: Path | str, metric: str | None = None, direction: str | None = None
+) -> list[Summary]:
+    """Every run under `root`, one Summary a task (classification and regression apart)."""
+    root = Path(root)
+    runs = [load_run(d, root) for d in find_run_dirs(root)]
+    tasks = list(dict.fromkeys(run.task for run in runs if run.task != "unknown")) or ["unknown"]
+    by_task: dict[str, list[RunRow]] = {task: [] for task in tasks}
+    for run in runs:  # runs that measured nothing (failed early) go with the first task
+        by_task[run.task if run.task in by_task else tasks[0]].append(run)
+    return [summarize_runs(root, group, metric, direction) for group in by_task.values() if group]
+
+
+def summarize(root: Path | str, metric: str | None = None, direction: str | None = None) -> Summary:
+    """Every run under `root` in one Summary: the first task's, when there are several."""
+    return summarize_all(root, metric, direction)[0]
+
+
+def over_seeds(
+    runs: Sequence[RunRow],
+    swept: Sequence[str],
+    metric_names: Sequence[str],
+    metric: str,
+    direction: str,
+) -> list[ConfigRow]:
+    """One row a configuration when trainer.seed is swept, best mean first; else none."""
+    if SEED_KEY not in swept:
+        return []
+    keys = [k for k in swept if k != SEED_KEY]
+    groups: dict[tuple[str, ...], list[RunRow]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run.value(k) for k in keys), []).append(run)
+    rows = []
+    for values, members in groups.items():
+        stats = {}
+        for name in metric_names:
+            xs = [v for v in (final_score(run, name) for run in members) if v is not None]
+            mean = math.fsum(xs) / len(xs) if xs else math.nan
+            var = (
+                math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else math.nan
+            )
+            stats[name] = (mean, math.sqrt(var), len(xs))
+        rows.append(ConfigRow(dict(zip(keys, values, strict=True)), members, stats))
+    sign = -1.0 if direction == "maximize" else 1.0
+
+    def key(row: ConfigRow) -> tuple[bool, float]:
+        mean = row.stats[metric][0]
+        return (math.isnan(mean), sign * mean if not math.isnan(mean) else 0.0)
+
+    return sorted(rows, key=key)
+
+
+def sweep_warnings(runs: Sequence[RunRow], swept: Sequence[str]) -> list[str]:
+    """Swept keys that changed nothing (same metrics bit for bit), and jobs that repeat another."""
+    warnings = []
+    # completed runs only: every diverged run "ends alike" (NaN), whatever its settings
+    finished = [run for run in runs if run.status == "completed" and run.metrics]
+    for key in swept:
+        others = [k for k in swept if k != key]
+        groups: dict[tuple[str, ...], list[RunRow]] = {}
+        for run in finished:
+            groups.setdefault(tuple(run.value(k) for k in others), []).append(run)
+        idle = [g for g in groups.values() if len({run.value(key) for run in g}) > 1]
+        idle = [g for g in idle if len({_fingerprint(run) for run in g}) == 1]
+        if not idle:
+            continue
+        members = [run for g in idle for run in g]
+        where = [
+            f"{k}={members[0].value(k)}" for k in others if len({r.value(k) for r in members}) == 1
+        ]
+        repeats = sum(len(g) - 1 for g in idle)
+        warnings.append(
+            f"{key} changed nothing{' where ' + ', '.join(where) if where else ''}: "
+            f"{repeats} job(s) repeat another with the same results"
+        )
+    seen: dict[tuple[str, ...], RunRow] = {}
+    for run in runs:
+        values = tuple(run.value(k) for k in swept)
+        if values in seen:
+            warnings.append(f"job {run.name} is the same configuration as job {seen[values].name}")
+        else:
+            seen[values] = run
+    return warnings
+
+
+def _fingerprint(run: RunRow) -> tuple[tuple[str, float], ...]:
+    """The run's results, NaN-safe, for 'the same results' (CPU runs are bitwise reproducible)."""
+    return tuple(sorted((k, v if math.isfinite(v) else math.inf) for k, v in run.metrics.items()))
 
 
 # ---------------------------------------------------------------------------- writing
 
 
-def write_csv(summary: Summary, path: Path) -> None:
-    rows = summary.rows()
-    columns = _columns(summary)
+def write_csv(summaries: Sequence[Summary], path: Path) -> None:
+    """Every run, one table a task one after the other; a `task` column when there are two."""
+    columns = list(dict.fromkeys(c for summary in summaries for c in _columns(summary)))
+    if len(summaries) > 1:
+        columns.insert(2, "task")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for summary in summaries:
+            for row in summary.rows():
+                row["task"] = summary.task
+                writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
+
+
+def write_seeds_csv(summaries: Sequence[Summary], path: Path) -> bool:
+    """summary_seeds.csv: one row a configuration; False (nothing written) without a seed sweep."""
+    tables = [s for s in summaries if s.configs]
+    if not tables:
+        return False
+    columns: list[str] = []
+    rows = []
+    for summary in tables:
+        keys = [k for k in summary.swept if k != SEED_KEY]
+        for rank_, config in enumerate(summary.configs, start=1):
+            row: dict[str, Any] = {"rank": rank_, "task": summary.task, **config.values}
+            row["runs"] = len(config.runs)
+            for name, (mean, std, n) in config.stats.items():
+                row.update({f"{name} mean": mean, f"{name} std": std, f"{name} n": n})
+            rows.append(row)
+            columns = list(dict.fromkeys([*columns, "rank", "task", *keys, "runs", *row]))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _csv_cell(row[k]) for k in columns})
+            writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
+    return True
 
 
-def to_markdown(summary: Summary) -> str:
-    """The table people read: train/ metrics and error text left to the CSV."""
+def to_markdown(summaries: Summary | Sequence[Summary]) -> str:
+    """The tables people read: one a task, columns that vary, floats to 4 digits, warnings."""
+    if isinstance(summaries, Summary):
+        summaries = [summaries]
+    return "\n".join(_markdown_one(summary) for summary in summaries)
+
+
+def _markdown_one(summary: Summary) -> str:
     shown = [n for n in summary.metric_names if n == summary.metric or not n.startswith("train/")]
     columns = ["rank", "job", *summary.swept, "status", *shown, "epochs", "wall_time_s", "note"]
-    lines = [
-        f"Runs under `{summary.root}`, best {summary.metric} ({summary.direction}) first.",
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join("---:" if c in ("rank", "epochs") else "---" for c in columns) + "|",
-    ]
-    for row in summary.rows():
+    rows = summary.rows()
+    for row in rows:
         note = row["error"] or row["stop_reason"] or ""
         row["note"] = note.splitlines()[0][:80] if note else ""
-        cells = [_md_cell(row.get(c)) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+    kept = {"rank", "job", summary.metric, *summary.swept}
+    constant = [
+        c for c in columns if c not in kept and len({_md_cell(r.get(c)) for r in rows}) == 1
+    ]
+    if len(rows) < 2:
+        constant = []
+    columns = [c for c in columns if c not in constant]
+    task = "" if summary.task == "unknown" else f"{summary.task} "
+    lines = [
+        f"{len(rows)} {task}runs under `{summary.root}`, best {summary.metric} "
+        f"({summary.direction}) first."
+    ]
+    same = [f"{c}={_md_cell(rows[0].get(c))}" for c in constant if _md_cell(rows[0].get(c))]
+    if same:
+        lines.append(f"The same in every run: {', '.join(same)}.")
+    lines += ["", *_table(columns, rows)]
+    if summary.configs:
+        keys = [k for k in summary.swept if k != SEED_KEY]
+        lines += ["", f"Over seeds ({SEED_KEY}): mean ± std (n), best mean first.", ""]
+        seed_rows = []
+        for rank_, config in enumerate(summary.configs, start=1):
+            row: dict[str, Any] = {"rank": rank_, **config.values, "runs": len(config.runs)}
+            for name in shown:
+                mean, std, n = config.stats[name]
+                row[name] = "" if n == 0 else f"{_md_cell(mean)} ± {std:.2g} ({n})"
+            seed_rows.append(row)
+        lines += _table(["rank", *keys, "runs", *shown], seed_rows)
+    if summary.warnings:
+        lines += ["", *(f"Warning: {w}." for w in summary.warnings)]
     return "\n".join(lines) + "\n"
 
 
+def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[str]:
+    right = ("rank", "epochs", "runs")
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---:" if c in right else "---" for c in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(_md_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return lines
+
+
 def save_plot(summary: Summary, path: Path) -> None:
-    """The ranking metric against each swept key; runs without a finite value as red x on top."""
-    import matplotlib
+    from ffn.summary_plot import save_plot as draw  # matplotlib: only when a plot is asked for
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.transforms import blended_transform_factory
+    draw(summary, path)
 
-    keys = summary.swept or ["job"]
-    cols = min(len(keys), 3)
-    nrows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(keys) :]:
-        ax.set_visible(False)
-    for ax, key in zip(axes.flat, keys, strict=False):
-        labels = [run.name if key == "job" else run.value(key) for run in summary.runs]
-        numbers = [_as_number(v) for v in labels]
-        numeric = key != "job" and all(n is not None for n in numbers)
-        if numeric:
-            xs = [float(n) for n in numbers]
-            positive = [x for x in xs if x > 0]
-            if len(positive) == len(xs) and max(xs) / min(xs) >= 100:
-                ax.set_xscale("log")
-        else:
-            categories = sorted(set(labels), key=_natural_key)
-            xs = [float(categories.index(v)) for v in labels]
-            ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
-        values = [_score(run, summary.metric) for run in summary.runs]
-        ok = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
-        bad = [x for x, v in zip(xs, values, strict=True) if v is None]
-        if ok:
-            ax.plot(*zip(*ok, strict=True), "o", color="tab:blue", alpha=0.7, label="finished")
-        if bad:
-            top = blended_transform_factory(ax.transData, ax.transAxes)
-            ax.plot(bad, [0.97] * len(bad), "x", color="tab:red", transform=top, clip_on=False)
-            ax.plot([], [], "x", color="tab:red", label="diverged / failed")
-        ax.set_xlabel(key)
-        ax.set_ylabel(summary.metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle(f"{summary.metric} ({summary.direction})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+def plot_names(summaries: Sequence[Summary]) -> list[str]:
+    """summary.png, or summary_TASK.png each when there are several tasks."""
+    if len(summaries) == 1:
+        return ["summary.png"]
+    return [f"summary_{summary.task}.png" for summary in summaries]
 
 
 def write_report(
@@ -325,27 +494,38 @@ def write_report(
     metric: str | None = None,
     direction: str | None = None,
     plot: bool = True,
-) -> Summary:
-    """summary.csv, summary.md (and summary.png) for the runs under `root`, written into `out`."""
-    summary = summarize(root, metric, direction)
+) -> list[Summary]:
+    """summary.csv, summary.md, summary.png (summary_seeds.csv) for `root`'s runs, into `out`."""
+    summaries = summarize_all(root, metric, direction)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(summary, out / "summary.csv")
-    (out / "summary.md").write_text(to_markdown(summary))
-    if plot and summary.runs:
-        save_plot(summary, out / "summary.png")
-    return summary
+    write_csv(summaries, out / "summary.csv")
+    write_seeds_csv(summaries, out / "summary_seeds.csv")
+    (out / "summary.md").write_text(to_markdown(summaries))
+    if plot:
+        for summary, name in zip(summaries, plot_names(summaries), strict=True):
+            if summary.runs:
+                save_plot(summary, out / name)
+    return summaries
+
+
+def written_files(summaries: Sequence[Summary], plot: bool) -> list[str]:
+    names = ["summary.csv", "summary.md"]
+    names += ["summary_seeds.csv"] if any(s.configs for s in summaries) else []
+    return names + (plot_names(summaries) if plot else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ffn-report",
         description="Summarise the runs under PATH (a sweep folder or outputs/): "
-        "summary.csv, summary.md and summary.png, best first.",
+        "summary.csv, summary.md and summary.png, best first, one table a task.",
     )
     parser.add_argument("path", type=Path, help="a sweep folder, or a tree of them")
     parser.add_argument(
-        "--metric", help="rank by this metric (default: the runs' optimized_metric)"
+        "--metric",
+        help="rank by this metric (default: the runs' optimized_metric if they set one, else "
+        "val/accuracy for classification and val/loss for regression)",
     )
     parser.add_argument("--direction", choices=("minimize", "maximize"))
     parser.add_argument("--out", type=Path, help="where to write (default: PATH)")
@@ -353,12 +533,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.path.is_dir():
         parser.error(f"not a folder: {args.path}")
-    summary = write_report(args.path, args.out, args.metric, args.direction, not args.no_plot)
-    if not summary.runs:
+    summaries = write_report(args.path, args.out, args.metric, args.direction, not args.no_plot)
+    if not any(summary.runs for summary in summaries):
         print(f"ffn-report: no runs under {args.path}", file=sys.stderr)
         return 1
-    print(to_markdown(summary), end="")
-    written = ["summary.csv", "summary.md"] + ([] if args.no_plot else ["summary.png"])
+    print(to_markdown(summaries), end="")
+    written = written_files(summaries, not args.no_plot)
     print(f"written to {args.out or args.path}: {', '.join(written)}")
     return 0
 
@@ -380,7 +560,7 @@ def _columns(summary: Summary) -> list[str]:
     ]
 
 
-def _score(run: RunRow, metric: str) -> float | None:
+def final_score(run: RunRow, metric: str) -> float | None:
     """The run's `metric` if it completed with a finite one, else None."""
     value = run.metrics.get(metric, math.nan)
     return value if run.status == "completed" and math.isfinite(value) else None
@@ -390,7 +570,7 @@ def _relative(path: Path, root: Path) -> Path:
     return Path(path).resolve().relative_to(Path(root).resolve())
 
 
-def _natural_key(text: str) -> list[Any]:
+def natural_key(text: str) -> list[Any]:
     """'job/10' after 'job/9'."""
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text)]
 
@@ -415,7 +595,7 @@ def _as_float(value: Any) -> float:
         return math.nan
 
 
-def _as_number(text: str) -> float | None:
+def as_number(text: str) -> float | None:
     if text.lower() in ("true", "false", "nan", "inf", "-inf", ""):
         return None
     try:

@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ffn import run_record
-from ffn.report import Summary, to_markdown, write_report
+from ffn.report import Summary, to_markdown, write_report, written_files
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class SummaryCallback(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._job_started = time.time()
+        if config.hydra.mode == RunMode.MULTIRUN and config.hydra.job.get("num") is not None:
+            # stderr, not the log: the job's own log file is not attached yet
+            print(progress_line(config), file=sys.stderr, flush=True)
         if "JoblibLauncher" in str(config.hydra.launcher.get("_target_", "")):
             set_threads_for_parallel_jobs(config)
 
@@ -66,15 +70,76 @@ class SummaryCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        summary = write_report(sweep_dir, metric=config.get("optimized_metric"), plot=self.plot)
+        summaries = write_report(sweep_dir, plot=self.plot)  # ranked as ffn-report ranks
         # print, not log: the last job's log file is still attached to the root logger here
-        print(to_markdown(summary), end="", flush=True)
-        written = ["summary.csv", "summary.md"] + (["summary.png"] if self.plot else [])
+        print(to_markdown(summaries), end="", flush=True)
+        written = written_files(summaries, self.plot)
         print(f"written to {sweep_dir}: {', '.join(written)}", flush=True)
-        if summary.failed:
-            print(failure_report(summary), file=sys.stderr, flush=True)
+        if any(summary.failed for summary in summaries):
+            print(failure_report(summaries), file=sys.stderr, flush=True)
             if self.exit_on_failure:
                 sys.exit(1)
+
+
+def progress_line(config: DictConfig) -> str:
+    """`ffn: job 4 of 36 (model=tanh optimizer.lr=0.1); 3 done in 12s, about 2m24s left`.
+
+    Read from the sweep folder, so it holds under parallel launchers too: the sweep started when
+    Hydra wrote multirun.yaml, and a job is done once its metrics.json no longer says running.
+    """
+    sweep_dir = Path(config.hydra.sweep.dir)
+    total, swept = sweep_plan(sweep_dir / "multirun.yaml")
+    number = int(config.hydra.job.num) + 1
+    mine = [o for o in config.hydra.overrides.task if o.split("=", 1)[0] in swept]
+    overrides = " ".join(mine or config.hydra.overrides.task)
+    line = f"ffn: job {number}{f' of {total}' if total else ''} ({overrides})"
+    try:
+        elapsed = time.time() - (sweep_dir / "multirun.yaml").stat().st_mtime
+    except OSError:
+        return line
+    done = sum(
+        1
+        for path in sweep_dir.glob(f"*/{run_record.METRICS_JSON}")
+        if run_record.read_record(path.parent)["status"] != run_record.UNRECORDED
+    )
+    if done:
+        line += f"; {done} done in {_duration(elapsed)}"
+        if total and total > done:
+            line += f", about {_duration(elapsed / done * (total - done))} left"
+    return line
+
+
+def sweep_plan(multirun_yaml: Path) -> tuple[int | None, set[str]]:
+    """How many jobs the sweep has (its grid, or Optuna's n_trials) and the keys it sweeps."""
+    from omegaconf import OmegaConf
+
+    try:
+        sweep = OmegaConf.load(multirun_yaml)
+        sweeper = sweep.hydra.sweeper
+        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides([*params, *sweep.hydra.overrides.task])
+        # a later override of a key replaces an earlier one, as the sweeper does
+        last = {o.key_or_group: o for o in parsed}
+        swept = {key for key, o in last.items() if o.is_sweep_override()}
+        if "n_trials" in sweeper:
+            return int(sweeper.n_trials), swept
+        batches = BasicSweeper.split_arguments(list(last.values()), None)
+        return sum(len(batch) for batch in batches), swept
+    except Exception:  # a progress line is not worth failing a job for
+        return None, set()
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def hand_back(job_return: JobReturn, optuna: bool) -> None:
@@ -143,10 +208,12 @@ def set_threads_for_parallel_jobs(config: DictConfig) -> None:
         )
 
 
-def failure_report(summary: Summary) -> str:
+def failure_report(summaries: Sequence[Summary]) -> str:
     """`ffn: 2 of 9 jobs failed:` and one line each: folder, overrides, error."""
-    lines = [f"ffn: {len(summary.failed)} of {len(summary.runs)} jobs failed:"]
-    for run in summary.failed:
+    failed = [run for summary in summaries for run in summary.failed]
+    total = sum(len(summary.runs) for summary in summaries)
+    lines = [f"ffn: {len(failed)} of {total} jobs failed:"]
+    for run in failed:
         overrides = " ".join(f"{k}={v}" for k, v in run.overrides.items())
         reason = run.error or "no record of how it ended (killed?)"
         lines.append(f"  {run.path}: {overrides}: {reason}")

@@ -26,7 +26,7 @@ from ffn import checkpoint, constants, targets
 from ffn.data import Dataset, load_dataset
 from ffn.errors import ConfigError
 from ffn.interrupt import StopFlag, stop_on_signals
-from ffn.metrics import evaluate, metric_name
+from ffn.metrics import evaluate, metric_name, weight_sparsity
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
 from ffn.progress import EpochBar, PhaseClock, SessionClock, run_timing, startup_seconds
@@ -384,9 +384,13 @@ def train(
             result = run.train(logger, stop)
             with run.clock("final_evaluation"):
                 result.metrics, test_out = run.final_metrics()
-            tests = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
+            result.metrics["train/sparsity"] = weight_sparsity(run.model)
+            final = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
+            final.update(
+                {"train/sparsity": result.metrics["train/sparsity"], "epochs": result.epochs}
+            )
             if result.status != "interrupted":  # the resumed session will log them
-                logger.scalars(tests, result.epochs)
+                logger.scalars(final, result.epochs)
             if cfg.trainer.figures and result.status == "completed":
                 d = run.data
                 logger.final_figures(

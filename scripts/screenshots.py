@@ -1,16 +1,17 @@
-"""Retake docs/hparams.png and docs/scalars.png: two small sweeps, TensorBoard, headless Chromium.
+"""Retake docs/hparams.png and docs/scalars.png: two sweeps (42 runs), ffn-board, headless Chromium.
 
     python scripts/screenshots.py [--out docs] [--keep]
 
 Needs Chromium (Debian: `apt-get update && apt-get install -y chromium`). Not a test: run it by
 hand when the dashboards change. The sweeps run in a temporary folder (kept with --keep);
-TensorBoard listens on 127.0.0.1 only and is stopped at the end whatever happens.
+`ffn-board` serves them on 127.0.0.1 only and is stopped at the end whatever happens.
 
-Chromium is driven over the DevTools protocol on a pipe (no extra packages): the HParams shot
-shows the swept keys and the validation metrics, sorted by val/loss, instead of TensorBoard's
-default of the first five keys and every scalar. That step uses the dashboard's own (private)
-Polymer properties; if a TensorBoard release renames them, the shot falls back to the default
-view and says so.
+The shots are what a user gets from the links ffn-board prints: the HParams table with its
+default columns (the keys that vary, the headline metrics), sorted by val/accuracy as one click
+on its header would, and Scalars with every run ticked. Chromium is driven over the DevTools
+protocol on a pipe (no extra packages); sorting uses the dashboard's own (private) Polymer
+properties, and if a TensorBoard release renames them the shot stays unsorted and says so.
+tests/test_dashboard.py drives the same functions.
 """
 
 from __future__ import annotations
@@ -36,15 +37,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["dataset=moons", "trainer.max_epochs=30", "trainer.histogram_every=0"]
 COMMON += ["trainer.figures=false", "trainer.progress=false"]
-# Two sweeps over different keys: the HParams columns still line up
+# Two sweeps over different keys (the HParams columns still line up), 42 runs: more than the 40
+# TensorBoard's Scalars ticks by itself
 SWEEPS = {
-    "activations": ["model=relu,tanh,sigmoid", "optimizer.lr=0.003,0.03", "penalty=none,l2"],
-    "sgd": ["optimizer=sgd", "optimizer.lr=0.05,0.5,1e30"],  # 1e30 diverges
+    "activations": ["model=relu,tanh,sigmoid", "optimizer.lr=0.003,0.03", "trainer.seed=0,1,2,3"],
+    "sgd": [
+        "optimizer=sgd",
+        "optimizer.lr=0.05,0.5,1e30",
+        "trainer.seed=range(0,6)",
+    ],  # 1e30 diverges
 }
-HPARAMS_SHOWN = ["model", "optimizer", "optimizer.lr", "penalty", "penalty.lam"]
-METRICS_SHOWN = ["test/accuracy", "val/accuracy", "val/loss"]
-SORT_BY = "val/loss"
-SCALARS_PAGE = "/#scalars&tagFilter=%5E(train%7Cval)%2F(loss%7Caccuracy)%24"
+SORT_BY = "val/accuracy"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -57,8 +60,8 @@ CHROMIUM_FLAGS = [
     "--hide-scrollbars",
 ]
 
-# Tick the wanted HParams columns, untick the rest, and sort server-side by SORT_BY.
-HPARAMS_JS = """
+# Sort the table by SORT_BY, best first (what one click on its column does), server-side.
+SORT_JS = """
 (() => {
   const all = [];
   const walk = n => { for (const e of n.querySelectorAll('*')) { all.push(e);
@@ -66,18 +69,22 @@ HPARAMS_JS = """
   walk(document);
   const pane = all.find(e => typeof e._queryServer === 'function' && '_sortByIndex' in e);
   if (!pane || !pane._hparams || !pane._hparams.length) return 'not ready';
-  const hparams = pane._hparams.map(h => h.info.name);
   const metrics = pane._metrics.map(m => m.info.name.tag);
-  for (const box of all.filter(e => e.tagName === 'PAPER-CHECKBOX')) {
-    const name = (box.textContent || '').trim();
-    const want = hparams.includes(name) ? SHOWN_H.includes(name)
-      : metrics.includes(name) ? SHOWN_M.includes(name) : null;
-    if (want !== null && box.checked !== want) box.click();
-  }
-  pane._sortDirection = 0;
-  pane._sortByIndex = hparams.length + metrics.indexOf(SORT_BY);
+  pane._sortDirection = 1;
+  pane._sortByIndex = pane._hparams.length + metrics.indexOf(SORT_BY);
   pane._queryServer();
   return 'ok';
+})()
+"""
+# Every text node of the page, shadow roots included (what --dump-dom cannot see).
+TEXT_JS = """
+(() => {
+  const out = [];
+  const walk = n => { for (const c of n.childNodes) {
+    if (c.nodeType === 3) out.push(c.nodeValue.trim()); else walk(c);
+    if (c.shadowRoot) walk(c.shadowRoot); } };
+  walk(document.body);
+  return out.filter(Boolean).join('\\n');
 })()
 """
 
@@ -164,7 +171,7 @@ class Chromium:
 
 
 def run_sweeps(outputs: Path) -> int:
-    """Both sweeps into outputs/multirun/NAME; returns how many runs they made."""
+    """The sweeps into outputs/multirun/NAME; returns how many runs they made."""
     total = 0
     for name, overrides in SWEEPS.items():
         sweep_dir = outputs / "multirun" / name
@@ -180,11 +187,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_runs(url: str, n: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+def start_board(logdir: Path, port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """`ffn-board LOGDIR` and the links it prints."""
+    board = subprocess.Popen(
+        [sys.executable, "-m", "ffn.board", str(logdir), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # its own process group: TensorBoard and its data server go too
+    )
+    links: dict[str, str] = {}
+    assert board.stdout is not None
+    while "time series" not in links:
+        line = board.stdout.readline()
+        if not line:
+            raise RuntimeError("ffn-board exited early")
+        what, sep, link = line.strip().partition(": ")
+        if sep and link.startswith("http"):
+            links[what] = link
+    return board, links
+
+
+def wait_for_runs(url: str, n: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("tensorboard exited early")
         try:
             with urllib.request.urlopen(url + "/data/runs", timeout=10) as response:
                 if len(json.load(response)) >= n:
@@ -196,28 +223,25 @@ def wait_for_runs(url: str, n: int, proc: subprocess.Popen[bytes], timeout: floa
     raise TimeoutError(f"tensorboard did not list {n} runs in {timeout:.0f}s")
 
 
-def take_hparams(chromium: Chromium, url: str, path: Path) -> None:
-    chromium.open(url + "/#hparams", 1900, 760)
-    script = (
-        HPARAMS_JS.replace("SHOWN_H", json.dumps(HPARAMS_SHOWN))
-        .replace("SHOWN_M", json.dumps(METRICS_SHOWN))
-        .replace("SORT_BY", json.dumps(SORT_BY))
-    )
+def take_hparams(chromium: Chromium, url: str, path: Path) -> str:
+    """The HParams table as a user first sees it, sorted by SORT_BY; returns the page's text."""
+    chromium.open(url, 1900, 760)
     outcome = None
     for _ in range(60):
         time.sleep(1)
-        outcome = chromium.evaluate(script)
+        outcome = chromium.evaluate(SORT_JS.replace("SORT_BY", json.dumps(SORT_BY)))
         if outcome == "ok":
             break
     if outcome != "ok":
-        print("hparams: could not set the columns; the default view it is", file=sys.stderr)
+        print("hparams: could not sort the table; unsorted it is", file=sys.stderr)
     time.sleep(4)  # the re-sorted table comes back from the server
     chromium.screenshot(path)
+    return chromium.evaluate(TEXT_JS) or ""
 
 
 def take_scalars(chromium: Chromium, url: str, path: Path) -> None:
-    chromium.open(url + SCALARS_PAGE, 1800, 560)
-    time.sleep(10)  # charts load and draw
+    chromium.open(url, 1800, 640)
+    time.sleep(12)  # charts load and draw
     chromium.screenshot(path)
 
 
@@ -234,30 +258,26 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ffn-screenshots-"))
     outputs = work / "outputs"
-    tensorboard = None
+    board = None
     try:
         n_runs = run_sweeps(outputs)
-        port = free_port()
-        logdir = outputs / "multirun"  # what `tensorboard --logdir outputs` shows, shorter names
-        command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir)]
-        tensorboard = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: its data server goes with it
+        # what `ffn-board outputs/multirun` shows: both sweeps
+        board, links = start_board(outputs / "multirun", free_port())
+        wait_for_runs(links["time series"], n_runs)
+        shots = (
+            (take_hparams, links["hparams"], "hparams.png"),
+            (take_scalars, links["scalars"], "scalars.png"),
         )
-        url = f"http://127.0.0.1:{port}"
-        wait_for_runs(url, n_runs, tensorboard)
-        for take, name in ((take_hparams, "hparams.png"), (take_scalars, "scalars.png")):
+        for take, url, name in shots:
             chromium = Chromium(executable, str(work / f"profile-{name}"))  # a fresh profile
             try:
                 take(chromium, url, args.out / name)
             finally:
                 chromium.close()
     finally:
-        if tensorboard is not None and tensorboard.poll() is None:
-            os.killpg(tensorboard.pid, signal.SIGTERM)
-            tensorboard.wait(timeout=30)
+        if board is not None and board.poll() is None:
+            os.killpg(board.pid, signal.SIGTERM)
+            board.wait(timeout=30)
         if args.keep:
             print(f"outputs kept in {outputs}")
         else:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from ffn.config import register_configs, validate
 from ffn.errors import ConfigError
+from ffn.hparams import HPARAM_GROUPS
 from ffn.job import CONFIG_GROUPS, hyperparameters, run_job
 from ffn.penalties import Penalty
 
@@ -132,7 +133,7 @@ def test_every_option_composes_and_trains(group: str, option: str, tmp_path: Pat
     assert cfg.hydra.runtime.choices[group] == option
     job = job_config(cfg)
     validate(job)
-    if group in CONFIG_GROUPS:
+    if group in HPARAM_GROUPS:
         assert hyperparameters(job)[group] == option
 
     returned = run_job(job)

@@ -1,15 +1,19 @@
-"""One TensorBoard over two sweeps that varied different keys: every run, tag and HParams row.
+"""What a user sees of a full outputs/: `ffn-board`'s TensorBoard, headless Chromium, summaries.
 
-A real `tensorboard` on 127.0.0.1 and a free port, queried over HTTP the way its dashboards do:
-`/data/runs`, the scalar tags, and the HParams plugin's experiment and session groups. The server
-is stopped at the end whatever happens.
+One logdir for the whole module (made once): a 42-job sweep over model and trainer.seed, a sweep
+over optimizer.lr (one job diverges, one is refused), and a single regression run. A real
+`ffn-board` serves it on 127.0.0.1, queried over HTTP the way its dashboards do, and looked at by
+Chromium (Debian's package) over the DevTools protocol. Servers and browsers are stopped at the
+end whatever happens.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,20 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from helpers import TINY, run_ffn
+from helpers import ROOT, TINY, ffn_env, read_rows, run_ffn
 
-# run name -> (swept values, status in metrics.json, session status in the dashboard)
-EXPECTED = {
-    "a/0": ({"model": "relu"}, "completed", "STATUS_SUCCESS"),
-    "a/1": ({"model": "tanh"}, "completed", "STATUS_SUCCESS"),
-    "b/0": ({"optimizer.lr": 0.05}, "completed", "STATUS_SUCCESS"),
-    "b/1": ({"optimizer.lr": 1e30}, "diverged", "STATUS_FAILURE"),
-    "b/2": ({"optimizer.lr": -1.0}, "failed", "STATUS_FAILURE"),
-}
-ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+from ffn import report
 
 pytestmark = pytest.mark.slow
+
+SEEDS = 21  # x 2 models: more than the 40 runs TensorBoard's Scalars ticks by default
+ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+ONE_EPOCH = [*TINY, "trainer.max_epochs=1"]
 
 
 def free_port() -> int:
@@ -48,6 +49,7 @@ def free_port() -> int:
 class Board:
     url: str
     logdir: Path
+    links: dict[str, str]
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
@@ -63,7 +65,11 @@ class Board:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
 
-    def session_groups(self) -> list[dict[str, Any]]:
+    def experiment(self) -> dict[str, Any]:
+        return self.post("/data/plugin/hparams/experiment", {"experimentName": ""})
+
+    def sessions(self) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+        """Session name -> (its group, the session) from the HParams table's own request."""
         body = {
             "experimentName": "",
             "allowedStatuses": ALL_STATUSES,
@@ -71,117 +77,271 @@ class Board:
             "startIndex": 0,
             "sliceSize": 1000,
         }
-        return self.post("/data/plugin/hparams/session_groups", body)["sessionGroups"]
+        groups = self.post("/data/plugin/hparams/session_groups", body)["sessionGroups"]
+        return {s["name"]: (g, s) for g in groups for s in g["sessions"]}
 
 
-def start_tensorboard(logdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir)]
-    proc = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "2"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the data server goes with it
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+            proc.wait(timeout=20)
 
 
-def wait_for(board: Board, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    """Until the server answers and its HParams plugin has loaded every run."""
+def read_links(proc: subprocess.Popen[str]) -> dict[str, str]:
+    """The addresses ffn-board prints before it hands over to TensorBoard."""
+    links: dict[str, str] = {}
+    assert proc.stdout is not None
+    while "time series" not in links:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"ffn-board exited with {proc.wait()}")
+        what, sep, link = line.strip().partition(": ")
+        if sep and link.startswith("http"):
+            links[what] = link
+    return links
+
+
+def wait_for(board: Board, n_runs: int, timeout: float = 120) -> None:
+    """Until the HParams plugin has a session for every run."""
     deadline = time.monotonic() + timeout
     last: Exception | str = "not started"
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tensorboard exited with {proc.returncode}")
         try:
-            groups = board.session_groups()
-            names = {s["name"] for g in groups for s in g["sessions"]}
-            if names >= set(EXPECTED):
+            found = len(board.sessions())
+            if found >= n_runs:
                 return
-            last = f"sessions so far: {sorted(names)}"
+            last = f"{found} sessions"
         except (urllib.error.URLError, ConnectionError, OSError) as error:
             last = error
         time.sleep(1)
     raise TimeoutError(f"tensorboard never showed every run: {last}")
 
 
-@pytest.fixture(scope="module")
-def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
-    logdir = tmp_path_factory.mktemp("outputs")
-    first = run_ffn("-m", *TINY, "model=relu,tanh", f"hydra.sweep.dir={logdir / 'a'}", timeout=240)
-    assert first.returncode == 0, first.stderr  # a sweep without failures exits 0
-    second = run_ffn(
-        "-m", *TINY, "optimizer.lr=0.05,1e30,-1", f"hydra.sweep.dir={logdir / 'b'}", timeout=240
+def run_folders(logdir: Path) -> list[Path]:
+    return [p.parent for p in logdir.rglob("metrics.json") if ".hydra" not in p.parts]
+
+
+@pytest.fixture(scope="session")
+def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("outputs")
+    seeds = run_ffn(
+        "-m",
+        *ONE_EPOCH,
+        "model=relu,tanh",
+        f"trainer.seed=range(0,{SEEDS})",
+        f"hydra.sweep.dir={root / 'seeds'}",
+        timeout=400,
     )
-    assert second.returncode == 1, second.stderr
-    proc, url = start_tensorboard(logdir)
+    assert seeds.returncode == 0, seeds.stderr[-3000:]
+    assert f"ffn: job {2 * SEEDS} of {2 * SEEDS} (model=tanh trainer.seed={SEEDS - 1})" in (
+        seeds.stderr
+    )
+    assert " left" in seeds.stderr  # the time-left estimate
+    lr = run_ffn(
+        "-m", *TINY, "optimizer.lr=0.05,1e30,-1", f"hydra.sweep.dir={root / 'lr'}", timeout=240
+    )
+    assert lr.returncode == 1, lr.stderr[-3000:]  # lr=-1 is refused
+    single = run_ffn(
+        *TINY, "dataset=diabetes", "model=tanh", f"hydra.run.dir={root / 'single'}", timeout=240
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="session")
+def board(logdir: Path) -> Iterator[Board]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ffn.board", str(logdir), "--port", str(port)],
+        cwd=ROOT,
+        env=ffn_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # its own process group: TensorBoard and its data server too
+    )
     try:
-        board = Board(url, logdir)
-        wait_for(board, proc)
+        board = Board(f"http://127.0.0.1:{port}", logdir, read_links(proc))
+        wait_for(board, len(run_folders(logdir)))
         yield board
     finally:
         stop(proc)
 
 
-def metrics_json(board: Board, run: str) -> dict[str, Any]:
-    return json.loads((board.logdir / run / "metrics.json").read_text())
+# ---------------------------------------------------------------------------- HTTP API
 
 
-def test_every_job_is_a_run(board: Board) -> None:
-    assert set(board.get("/data/runs")) == set(EXPECTED)
-    for run, (_, status, _) in EXPECTED.items():
-        assert metrics_json(board, run)["status"] == status
+def test_run_names_read_as_the_swept_values(board: Board) -> None:
+    runs = set(board.get("/data/runs")) - {"."}  # ".": the view's experiment record
+    assert len(runs) == len(run_folders(board.logdir)) == 2 * SEEDS + 4
+    # the keys that vary across the runs shown, in alphabetical order of the full key
+    assert "dataset=iris,model=relu,max_epochs=1,seed=3" in runs
+    assert "dataset=iris,model=relu,lr=0.05,max_epochs=2" in runs
+    assert "dataset=diabetes,model=tanh,max_epochs=2" in runs
 
 
-def test_scalar_tags(board: Board) -> None:
-    tags = board.get("/data/plugin/scalars/tags")
-    for run, (_, status, _) in EXPECTED.items():
-        if status == "failed":
-            continue  # refused before its first epoch: HParams only
-        wanted = {"train/loss", "train/lr", "val/loss", "val/accuracy", "test/accuracy"}
-        assert wanted <= set(tags[run]), (run, sorted(tags[run]))
-
-
-def test_hparams_columns_line_up_across_sweeps(board: Board) -> None:
-    experiment = board.post("/data/plugin/hparams/experiment", {"experimentName": ""})
+def test_hparams_columns_are_the_chosen_keys(board: Board) -> None:
+    experiment = board.experiment()
     infos = {info["name"]: info for info in experiment["hparamInfos"]}
-    assert infos["model"]["differs"] is True
-    assert infos["optimizer.lr"]["differs"] is True
-    assert {"dataset", "penalty.lam", "trainer.max_epochs", "optimized_metric"} <= set(infos)
-    metric_tags = {m["name"]["tag"] for m in experiment["metricInfos"]}
-    assert {"val/loss", "val/accuracy", "test/accuracy"} <= metric_tags
+    for key in ("model", "trainer.seed", "optimizer.lr", "dataset"):
+        assert infos[key]["differs"] is True, key
+    # the group choices, and what was typed; nothing that says the same thing twice
+    assert set(infos) <= {"dataset", "model", "penalty", "optimizer", "schedule"} | {
+        "trainer.seed",
+        "optimizer.lr",
+        "trainer.max_epochs",
+    }
+    # varying keys first: the dashboard ticks the first five
+    differs = [info["differs"] for info in experiment["hparamInfos"]]
+    assert differs == sorted(differs, reverse=True)
 
-    # Each sweep varied one key; every run still has a value in both columns
-    for group in board.session_groups():
-        assert {"model", "optimizer.lr", "dataset", "penalty.lam"} <= set(group["hparams"])
+    metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
+    assert len(metrics) <= 12
+    assert metrics[:4] == ["val/loss", "val/accuracy", "val/r2", "test/loss"]
+    assert {"train/objective", "train/penalty", "train/sparsity", "epochs"} <= set(metrics)
+    assert not [m for m in metrics if "layer" in m or m in ("train/lr", "train/grad_norm")]
 
 
 def test_hparams_rows_have_values_metrics_and_status(board: Board) -> None:
-    sessions = {s["name"]: (g, s) for g in board.session_groups() for s in g["sessions"]}
-    assert set(sessions) == set(EXPECTED)
-    for run, (swept, status, session_status) in EXPECTED.items():
-        group, session = sessions[run]
-        assert session["status"] == session_status, run
-        hparams = group["hparams"]
-        assert hparams["dataset"] == "iris"
-        for key, value in swept.items():
-            assert hparams[key] == value, (run, key)
+    sessions = board.sessions()
+    statuses = {"completed": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE"}
+    statuses["failed"] = "STATUS_FAILURE"
+    for folder in run_folders(board.logdir):
+        record = json.loads((folder / "metrics.json").read_text())
+        overrides = (folder / ".hydra" / "overrides.yaml").read_text()
+        wanted = [n for n, (g, _) in sessions.items() if _same_run(g["hparams"], overrides)]
+        assert len(wanted) == 1, (folder, wanted)
+        _, session = sessions[wanted[0]]
+        assert session["status"] == statuses[record["status"]], folder
         shown = {m["name"]["tag"]: m["value"] for m in session.get("metricValues", [])}
-        record = metrics_json(board, run)
-        if status == "completed":
-            for tag in ("val/loss", "val/accuracy", "test/accuracy", "test/loss"):
-                assert shown[tag] == pytest.approx(record["metrics"][tag], rel=1e-6), (run, tag)
-        elif status == "diverged":
+        if record["status"] == "completed":
+            for tag in ("val/loss", "test/loss", "train/sparsity"):
+                assert shown[tag] == pytest.approx(record["metrics"][tag], rel=1e-6), tag
+            assert shown["epochs"] == record["epochs"]
+        elif record["status"] == "diverged":
             assert shown["val/loss"] == "NaN" or math.isnan(float(shown["val/loss"]))
         else:
             assert shown == {}
+
+
+def _same_run(hparams: dict[str, Any], overrides_yaml: str) -> bool:
+    """The session whose chosen values are the run's overrides (seed, lr, model, dataset)."""
+    import yaml
+
+    typed = dict(o.split("=", 1) for o in yaml.safe_load(overrides_yaml))  # the last one wins
+    for key, value in typed.items():
+        if key in ("model", "dataset", "trainer.seed", "optimizer.lr"):
+            shown = hparams.get(key)
+            if isinstance(shown, float):
+                if not math.isclose(shown, float(value)):
+                    return False
+            elif shown != value:
+                return False
+    return True
+
+
+# ---------------------------------------------------------------------------- a real browser
+
+
+def chromium_executable() -> str:
+    names = ("chromium", "chromium-browser", "google-chrome")
+    found = next((shutil.which(n) for n in names if shutil.which(n)), None)
+    if found is None:
+        pytest.skip("no chromium: apt-get update && apt-get install -y chromium (.ci/run does)")
+    return found
+
+
+def screenshots_module() -> Any:
+    spec = importlib.util.spec_from_file_location("screenshots", ROOT / "scripts/screenshots.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    shots = screenshots_module()
+    chromium = shots.Chromium(chromium_executable(), str(tmp_path_factory.mktemp("profile")))
+    try:
+        yield shots, chromium
+    finally:
+        chromium.close()
+
+
+def coloured_pixels(png: Path, left: int = 420, top: int = 120) -> int:
+    """Pixels of the chart area (right of the run list, below the header) that are coloured:
+    curves, not the grey and white of empty charts."""
+    import matplotlib.image
+
+    image = matplotlib.image.imread(str(png))[top:, left:, :3]
+    spread = image.max(axis=2) - image.min(axis=2)
+    return int((spread > 0.25).sum())
+
+
+def test_browser_hparams_table(board: Board, browser: Any, tmp_path: Path) -> None:
+    shots, chromium = browser
+    text = shots.take_hparams(chromium, board.links["hparams"], tmp_path / "hparams.png")
+    assert (tmp_path / "hparams.png").stat().st_size > 10_000
+    for column in ("model", "trainer.seed", "optimizer.lr", "val/loss", "val/accuracy"):
+        assert column in text, column
+    assert "layer_0" not in text
+    assert "dataset=iris,model=tanh,max_epochs=1,seed=7" in text  # a row, named by its values
+
+
+def test_browser_scalars_over_more_than_40_runs(board: Board, browser: Any, tmp_path: Path) -> None:
+    shots, chromium = browser
+    plain = board.url + "/#scalars&tagFilter=" + "%5E(train%7Cval)%2Floss%24"
+    shots.take_scalars(chromium, plain, tmp_path / "plain.png")
+    shots.take_scalars(chromium, board.links["scalars"], tmp_path / "board.png")
+    ticked = coloured_pixels(tmp_path / "board.png")
+    # TensorBoard's own default over > 40 runs: nothing ticked, empty charts
+    assert ticked > 3000 and ticked > 5 * coloured_pixels(tmp_path / "plain.png"), ticked
+
+
+# ---------------------------------------------------------------------------- summaries
+
+
+def test_summary_over_seeds_equals_numpy(logdir: Path) -> None:
+    sweep = logdir / "seeds"
+    rows = read_rows(sweep / "summary_seeds.csv")
+    assert [r["model"] for r in rows] and {r["model"] for r in rows} == {"relu", "tanh"}
+    assert "trainer.seed" not in rows[0]
+    for row in rows:
+        jobs = [
+            json.loads(p.read_text())["metrics"]
+            for p in sweep.glob("*/metrics.json")
+            if f"model={row['model']}" in (p.parent / ".hydra" / "overrides.yaml").read_text()
+        ]
+        assert len(jobs) == int(row["runs"]) == SEEDS
+        for metric in ("val/accuracy", "val/loss", "test/accuracy", "train/objective"):
+            values = np.array([job[metric] for job in jobs], dtype=np.float64)
+            assert float(row[f"{metric} mean"]) == pytest.approx(values.mean(), rel=1e-12)
+            assert float(row[f"{metric} std"]) == pytest.approx(values.std(ddof=1), rel=1e-9)
+            assert int(row[f"{metric} n"]) == SEEDS
+    means = [float(r["val/accuracy mean"]) for r in rows]
+    assert means == sorted(means, reverse=True)  # classification: best val/accuracy first
+    assert "Over seeds (trainer.seed)" in (sweep / "summary.md").read_text()
+
+
+def test_report_over_outputs_keeps_tasks_apart(logdir: Path, tmp_path: Path) -> None:
+    assert report.main([str(logdir), "--out", str(tmp_path), "--no-plot"]) == 0
+    markdown = (tmp_path / "summary.md").read_text()
+    classification, regression = markdown.split("\n1 regression runs under")
+    assert classification.startswith(f"{2 * SEEDS + 3} classification runs under")
+    assert "best val/accuracy (maximize) first" in classification
+    assert "| single |" not in classification and "| single |" in regression
+    assert "best val/loss (minimize) first" in regression
+    table = next(line for line in classification.splitlines() if line.startswith("| rank |"))
+    columns = [c.strip() for c in table.strip("|").split("|")]
+    assert set(columns[2:6]) == {"trainer.max_epochs", "model", "trainer.seed", "optimizer.lr"}
+    assert "dataset" not in columns  # iris in every classification run: not a column
+    # floats rounded for reading: 4 significant digits
+    cells = [c.strip() for line in markdown.splitlines() for c in line.split("|")]
+    numbers = [c for c in cells if c.replace(".", "", 1).replace("-", "", 1).isdigit()]
+    digits = [c.replace("-", "").replace(".", "").lstrip("0") for c in numbers]
+    assert numbers and max(len(d) for d in digits) <= 4

@@ -111,7 +111,7 @@ def test_mnist1d_leaves_the_global_rngs_alone() -> None:
 def test_missing_mnist1d_package_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "mnist1d", None)  # makes `import mnist1d...` fail
     monkeypatch.setitem(sys.modules, "mnist1d.data", None)
-    with pytest.raises(ConfigError, match=r"dataset\.name.*ffn\[data\]"):
+    with pytest.raises(ConfigError, match=r'dataset\.name.*pip install -e "\.\[data\]"'):
         load_dataset(DatasetConfig(name="mnist1d", n_samples=100), seed=0)
 
 

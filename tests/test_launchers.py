@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY, read_rows, run_ffn
+from helpers import ROOT, TINY, read_rows, run_ffn, run_python
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -138,3 +138,40 @@ def test_optuna_search_survives_diverged_and_failed_trials(tmp_path: Path) -> No
     assert len(rows) == 6
     assert float(rows[0]["val/accuracy"]) == pytest.approx(study.best_value, rel=1e-12)
     assert "optimizer.lr" in rows[0]
+
+
+# Runs run.py with some Hydra plugins hidden from Hydra's plugin scan, as if never installed.
+WITHOUT_PLUGINS = """
+import pkgutil, runpy, sys
+hidden, walk = tuple(sys.argv[1].split(",")), pkgutil.walk_packages
+pkgutil.walk_packages = lambda *a, **k: (m for m in walk(*a, **k) if not m.name.startswith(hidden))
+sys.argv = ["run.py", *sys.argv[2:]]
+runpy.run_path("run.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    ("plugin", "args", "extra"),
+    [
+        ("hydra_joblib_launcher", ["-m", "hydra/launcher=joblib", "model=relu,tanh"], "parallel"),
+        ("hydra_optuna_sweeper", ["hparams_search=digits"], "optuna"),
+    ],
+)
+def test_a_missing_plugin_names_its_extra(plugin: str, args: list[str], extra: str) -> None:
+    hidden = f"hydra_plugins.{plugin}"
+    proc = run_python("-c", WITHOUT_PLUGINS, hidden, *args, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert line.startswith("ffn: error: invalid value for hydra."), line
+    assert f'install the {extra} extra: pip install -e ".[{extra}]"' in line
+    assert "\n" not in line and "one of )" not in line
+
+
+def test_install_hints_work_from_a_checkout() -> None:
+    """No hint names the distribution: "ffn" on PyPI is an unrelated project."""
+    for folder in ("ffn", "conf", "docs"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in (".py", ".yaml", ".md"):
+                text = path.read_text()
+                assert "install 'ffn[" not in text and 'install "ffn[' not in text, path
+                assert "pip install ffn" not in text, path

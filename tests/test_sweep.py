@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY, read_rows, run_ffn
+from helpers import ROOT, TINY, read_rows, run_ffn
 from hydra.core.utils import JobReturn, JobStatus
 
-from ffn import report
+from ffn import report, summary_plot
+from ffn.hparams import chosen_hparams, experiment_keys, headline_metrics
 from ffn.report import direction_for, load_run, read_event_files, summarize, write_report
 from ffn.run_logger import RunLogger
 from ffn.sweep import JobDiverged, hand_back
@@ -276,3 +277,66 @@ def test_multirun_survives_divergence_and_errors(tmp_path: Path) -> None:
     assert [run.status for run in from_events.runs] == [r["status"] for r in rows]
     for run, row in zip(from_events.runs[:2], rows, strict=False):
         assert run.metrics["val/loss"] == pytest.approx(float(row["val/loss"]), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- what is shown
+
+
+def test_chosen_hparams_are_choices_and_typed_keys() -> None:
+    config = {
+        "dataset": {"name": "digits", "noise": 0.1},
+        "model": {"activation": "relu", "hidden": [64, 64]},
+        "optimizer": {"lr": 0.01},
+        "trainer": {"seed": 3, "resume": False},
+    }
+    choices = {"dataset": "digits", "model": "relu", "trainer": "default", "hydra/launcher": "x"}
+    typed = ["dataset.name=digits", "model.hidden=[64,64]", "optimizer.lr=0.01"]
+    typed += ["trainer.seed=3", "trainer.resume=false", "hydra.sweep.dir=/x", "+model=relu"]
+    assert chosen_hparams(choices, typed, config) == {
+        "dataset": "digits",
+        "model": "relu",
+        "model.hidden": "[64, 64]",
+        "optimizer.lr": 0.01,
+        "trainer.seed": 3,
+    }  # dataset.name says what dataset says; resume and hydra.* are how a run was started
+    assert chosen_hparams(choices, [], config, ["dataset.noise"])["dataset.noise"] == 0.1
+
+
+def test_experiment_keys_follow_what_the_experiment_builds_on() -> None:
+    keys = experiment_keys("lasso_ridge_smoke", [ROOT / "conf"])
+    assert {"optimizer.lr", "trainer.dtype", "trainer.max_epochs"} <= set(keys)
+    assert not [k for k in keys if k.startswith(("hydra", "defaults"))]
+    assert experiment_keys(None, [ROOT / "conf"]) == []
+
+
+def test_headline_metrics_fit_the_table() -> None:
+    tags = [f"{s}/{m}" for s in ("train", "val", "test") for m in ("loss", "accuracy", "r2")]
+    tags += ["train/objective", "train/penalty", "train/sparsity", "epochs", "train/lr"]
+    tags += ["dead/layer_0", "sparsity/layer_0", "train/grad_norm"]
+    shown = headline_metrics(tags)
+    assert len(shown) == 11
+    assert shown[:3] == ["val/loss", "val/accuracy", "val/r2"]
+    assert "train/accuracy" not in shown and "train/r2" not in shown  # the first to go
+    assert headline_metrics(["val/loss", "dead/layer_0", "epochs"]) == ["val/loss", "epochs"]
+
+
+def test_plot_axes() -> None:
+    assert summary_plot.axis_scale([0.001, 0.01, 0.1]) == "log"
+    assert summary_plot.axis_scale([0.0, 1e-4, 1e-3]) == "symlog"
+    assert summary_plot.axis_scale([16, 32, 64]) == "linear"
+    assert summary_plot.axis_scale([0, 1, 2, 3]) == "linear"
+    low, high = summary_plot.robust_range([0.30, 0.31, 0.32, 0.33, 0.34, 20.0])
+    assert low == pytest.approx(0.30) and high < 1.0  # the outlier falls outside
+
+
+def test_warnings_for_keys_that_change_nothing_and_repeated_jobs(tmp_path: Path) -> None:
+    same = {"val/loss": 0.5, "val/accuracy": 0.8}
+    for n, (penalty, lam, metrics) in enumerate(
+        [("none", "0.1", same), ("none", "1", same), ("l2", "0.1", {"val/loss": 0.4}),
+         ("l2", "1", {"val/loss": 0.9}), ("l2", "1", {"val/loss": 0.9})]
+    ):  # fmt: skip
+        fake_run(tmp_path / str(n), [f"penalty={penalty}", f"penalty.lam={lam}"], metrics=metrics)
+    warnings = summarize(tmp_path).warnings
+    assert "penalty.lam changed nothing where penalty=none: 1 job(s) repeat another" in warnings[0]
+    assert "job 4 is the same configuration as job 3" in warnings
+    assert len(warnings) == 2

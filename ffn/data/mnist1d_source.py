@@ -28,7 +28,7 @@ def load_mnist1d(cfg: DatasetConfig, seed: int) -> Arrays:
         raise ConfigError(
             "dataset.name",
             cfg.name,
-            f"a dataset whose package is installed ({exc}): pip install 'ffn[data]'",
+            f'a dataset whose package is installed ({exc}): pip install -e ".[data]"',
         ) from None
     args = get_dataset_args()
     args.num_samples, args.seed = cfg.n_samples, int(seed)
