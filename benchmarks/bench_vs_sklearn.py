@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,14 +173,11 @@ def main() -> None:
     parser.add_argument("--readme-sweep", action="store_true", help="README's 36-job sweep")
     parser.add_argument("--baseline", help="another ffn checkout, timed as one more arm")
     args = parser.parse_args()
-    import sklearn
-    import torch
-
+    # Versions without importing: a child's peak RSS counts its parent's at fork, so this
+    # process stays small.
+    versions = ", ".join(f"{name} {version(name)}" for name in ("torch", "scikit-learn"))
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; {load()}")
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"scikit-learn {sklearn.__version__}"
-    )
+    print(f"python {platform.python_version()}, {versions}")
     arms = build_arms(args)
     for arm in arms:
         print(f"  {arm.name}: (cd {arm.cwd} && {shlex.join(arm.argv)})")

@@ -65,8 +65,11 @@ def test_histograms_read_back_with_the_same_tags_and_numpy_counts(tmp_path: Path
         assert h.sum == pytest.approx(values.sum(), abs=1e-9)
         assert h.sum_squares == pytest.approx(values @ values)
         counts, edges = np.histogram(values, bins=HISTOGRAM_BINS)
-        assert h.bucket == [0, *counts]  # an empty bucket whose right edge is the minimum
-        np.testing.assert_allclose(h.bucket_limit, edges, rtol=1e-12)
+        assert h.bucket[0] == 0  # an empty bucket whose right edge is the minimum
+        assert sum(h.bucket) == values.size
+        # binned in float32: a value within rounding of an edge may move to its neighbour
+        assert np.abs(np.array(h.bucket[1:]) - counts).sum() <= 2
+        np.testing.assert_allclose(h.bucket_limit, edges, rtol=1e-6)
 
 
 def test_a_constant_tensor_gets_numpys_unit_range(tmp_path: Path) -> None:
