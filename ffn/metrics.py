@@ -8,7 +8,6 @@ from torch import Tensor
 from ffn.functions import linear_forward, mse_forward, softmax_cross_entropy_forward
 from ffn.losses import loss_function
 from ffn.model import FeedForward
-from ffn.step import layer_parameters
 
 
 def accuracy(logits: Tensor, target: Tensor) -> Tensor:
@@ -55,10 +54,10 @@ def formula_forward(model: FeedForward, x: Tensor) -> tuple[Tensor, list[Tensor]
     machinery around them is a third of an evaluation's cost.  x: (n, d) -> (n, M), [z_l].
     """
     act, param = model.activation, model.activation_param
-    params = layer_parameters(model)
+    *hidden, (out_weight, out_bias) = model.layer_parameters()
     preactivations, h = [], x
-    for weight, bias in params[:-1]:
+    for weight, bias in hidden:
         z = linear_forward(h, weight, bias)
         preactivations.append(z)
         h = act.forward(z, param)
-    return linear_forward(h, *params[-1]), preactivations
+    return linear_forward(h, out_weight, out_bias), preactivations
