@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,9 +161,13 @@ def summarise(arms: list[Arm]) -> None:
             values = [t.get(key, float("nan")) for t in arm.timings]
             med = statistics.median(values)
             print(f"| {key} | {med:.3f} ({min(values):.3f}-{max(values):.3f}) |")
-        if "loop_s" in keys and "in_loop_logging_s" in keys:
-            shares = [t["in_loop_logging_s"] / t["loop_s"] for t in arm.timings]
-            print(f"logging + evaluation share of the loop: {statistics.median(shares):.1%}")
+        if {"loop_s", "evaluation_s", "logging_s"} <= set(keys):
+            shares = [(t["evaluation_s"] + t["logging_s"]) / t["loop_s"] for t in arm.timings]
+            print(
+                f"(evaluation_s + logging_s) / loop_s: median {statistics.median(shares):.1%} "
+                f"({min(shares):.1%}-{max(shares):.1%}); logging_s includes the config text, "
+                "HParams and the final flush, outside the loop"
+            )
 
 
 def main() -> None:
@@ -172,14 +177,11 @@ def main() -> None:
     parser.add_argument("--readme-sweep", action="store_true", help="README's 36-job sweep")
     parser.add_argument("--baseline", help="another ffn checkout, timed as one more arm")
     args = parser.parse_args()
-    import sklearn
-    import torch
-
+    # Versions without importing: a child's peak RSS counts its parent's at fork, so this
+    # process stays small.
+    versions = ", ".join(f"{name} {version(name)}" for name in ("torch", "scikit-learn"))
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; {load()}")
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"scikit-learn {sklearn.__version__}"
-    )
+    print(f"python {platform.python_version()}, {versions}")
     arms = build_arms(args)
     for arm in arms:
         print(f"  {arm.name}: (cd {arm.cwd} && {shlex.join(arm.argv)})")

@@ -259,8 +259,8 @@ class Run:
                 break  # the last checkpoint, from a finite epoch, stays as it is
             fired = None if host is None else self.should_stop(host)
             s.wall_time_s += session.bank()
-            due = s.epoch % t.checkpoint_every == 0 if t.checkpoint_every else False
-            if t.checkpoint_every and (due or last or fired is not None):
+            ending = last or fired is not None
+            if t.checkpoint_every and (s.epoch % t.checkpoint_every == 0 or ending):
                 self.save_checkpoint()
             if fired is not None:
                 stop_reason = fired
