@@ -2,7 +2,9 @@
 
 Adding an activation is one entry in `ACTIVATIONS`; every test that loops over the table covers
 it. Derivatives are written in terms of the forward's *output* h = g(z) wherever the notes allow
-(sigm' = h(1 - h), tanh' = 1 - h^2, relu' = 1{h > 0}), so backward keeps h and not z.
+(sigm' = h(1 - h), tanh' = 1 - h^2, relu' = 1{h > 0}), so backward keeps h and not z; ELU
+(whose h + alpha cancels in the tail) and GELU keep z. Every derivative is made of torch ops, so
+it is differentiated again for second derivatives, and the entry pickles by its name.
 """
 
 from __future__ import annotations
