@@ -1,4 +1,4 @@
-"""One Hydra job: validate, train (or resume), and leave a complete run folder whatever happens."""
+"""One Hydra job: train (or resume) a validated config, and leave a complete run folder."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ffn import checkpoint, run_record
-from ffn.config import validate
 from ffn.errors import ConfigError
 from ffn.hparams import chosen_hparams, experiment_keys
 from ffn.train import train
@@ -71,8 +70,8 @@ def run_job(cfg: DictConfig) -> float:
                 return math.nan if value is None else value
             cfg, payload = resumed_config(run_dir)
             log.info("resuming %s from epoch %d", run_dir, payload["loop"]["epoch"])
-        validate(cfg)
         # Marked running first: a folder whose job died never looks like a finished run.
+        # train() validates the config before it loads or builds anything.
         run_record.write_record(run_dir, "running")
         result = train(cfg, run_dir, hyperparameters(cfg), resume_from=payload)
     except ConfigError as error:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from ffn import checkpoint, constants, targets
+from ffn.config import validate
 from ffn.data import Dataset, load_dataset
 from ffn.errors import ConfigError
 from ffn.interrupt import StopFlag, stop_on_signals
@@ -368,7 +369,9 @@ def train(
 
     With `resume_from` (a checkpoint's payload) the run continues where it stopped; TensorBoard
     drops whatever the killed session logged after the checkpoint, so the curves stay clean.
+    The config is validated first, in one pass, before any data is loaded.
     """
+    validate(cfg)
     run = Run(cfg, run_dir)
     if resume_from is not None:
         run.restore(resume_from)
