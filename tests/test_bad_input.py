@@ -151,7 +151,7 @@ CASES = [
     ),
     Case(
         "cosine_eta_min_above_lr",
-        ("schedule=cosine", "schedule.eta_min=1"),
+        ("schedule=cosine", "+schedule.eta_min=1"),
         "schedule.eta_min",
         "1",
     ),
