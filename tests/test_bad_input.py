@@ -145,7 +145,7 @@ CASES = [
     Case("momentum_one", ("optimizer=momentum", "optimizer.momentum=1"), "optimizer.momentum", "1"),
     Case(
         "dampening_above_one",
-        ("optimizer=sgd", "optimizer.dampening=1.5"),
+        ("optimizer=sgd", "+optimizer.dampening=1.5"),
         "optimizer.dampening",
         "1.5",
     ),
