@@ -1,10 +1,15 @@
 """ffn's main job: `python run.py [group=choice ...] [key=value ...]`, or `-m` for sweeps."""
 
-import hydra
-from omegaconf import DictConfig
+from ffn import interrupt
 
-from ffn import cli_errors
-from ffn.config import register_configs
+interrupt.catch_early()  # Ctrl-C or SIGTERM from here on: one line and 130/143, no traceback
+
+# After the signals: these imports take a second, the job's (torch) several
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ffn import cli_errors  # noqa: E402
+from ffn.config import register_configs  # noqa: E402
 
 register_configs()
 cli_errors.install()

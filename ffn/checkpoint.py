@@ -8,6 +8,7 @@ be read (a torn disk, a bad copy) falls back to it, with a warning, instead of l
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
@@ -68,8 +69,16 @@ def save(run_dir: Path, payload: dict[str, Any]) -> Path:
         if path.exists():
             os.replace(path, run_dir / PREVIOUS)
 
-    run_record.write_atomic(path, lambda f: torch.save(data, f), before_rename=keep_previous)
+    # Serialised in memory first: a full disk is then an OSError naming its errno, not
+    # torch's "unexpected pos" RuntimeError from inside its zip writer
+    run_record.write_atomic(path, lambda f: f.write(_serialised(data)), before_rename=keep_previous)
     return path
+
+
+def _serialised(data: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    return buffer.getvalue()
 
 
 def save_best(
@@ -80,7 +89,7 @@ def save_best(
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": BEST_FORMAT, "model": model, "epoch": epoch, "val_loss": val_loss}
     data["config"] = config
-    run_record.write_atomic(path, lambda f: torch.save(data, f))
+    run_record.write_atomic(path, lambda f: f.write(_serialised(data)))
     return path
 
 

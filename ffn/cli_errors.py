@@ -7,6 +7,7 @@ that is not a configuration error keeps Hydra's own report (HYDRA_FULL_ERROR=1 s
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -33,6 +34,7 @@ PLUGIN_EXTRAS = {
     "hydra/sweeper": {"optuna": "optuna"},
     "hydra/sweeper/sampler": {"*": "optuna"},
 }
+_CANNOT_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
 
 _TYPE_WORDS = {
     "Float": "a number",
@@ -55,6 +57,9 @@ def describe(error: BaseException) -> str | None:
         # Hydra could not make the run folder: a file stands where it (or a parent) should be.
         allowed = "a folder ffn can create (a file is in the way)"
         return str(ConfigError("hydra.run.dir/hydra.sweep.dir", str(error.filename), allowed))
+    if isinstance(error, OSError) and error.errno in _CANNOT_WRITE:
+        # A read-only, full or forbidden output folder, before any job ran
+        return f"cannot write {error.filename or 'the output folder'}: {error.strerror}"
     cause = error.__cause__
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
         parent = cause.parent_node
@@ -113,6 +118,8 @@ def install() -> None:
         except Exception as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
+            if "ffn.sweep" in sys.modules:  # a sweeper raised: summarise what ran first
+                sys.modules["ffn.sweep"].end_after_sweeper_error(error)
             line = describe(error)
             if line is None:
                 return original(lambda e=error: _reraise(e))

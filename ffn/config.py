@@ -11,6 +11,7 @@ checks (the dataset's, the model's, Penalty's, the optimizer and schedule agains
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +73,9 @@ class TrainerConfig:
     progress: bool = True  # a progress bar when stderr is a terminal
     compile: bool = False  # torch.compile the graph-free gradients: minutes to compile, ~1x on CPU
     checkpoint_every: int = 10  # epochs between checkpoints, and always at the end (0: never)
-    resume: bool = False  # continue the run in hydra.run.dir from its last checkpoint
+    # false: a new run; true: continue the run in hydra.run.dir from its checkpoint;
+    # auto: continue it if it has a checkpoint, else start afresh (a requeued cluster job)
+    resume: Any = False
 
 
 @dataclass
@@ -105,6 +108,7 @@ METRICS = (
     "objective",
     "penalty",
 )  # accuracy: classification, r2: regression
+MAX_THREADS_PER_CORE = 4  # more threads than this per core only contend
 
 
 def check_schema(cfg: DictConfig) -> None:
@@ -165,8 +169,14 @@ def check_trainer(cfg: DictConfig | Any) -> None:
             raise ConfigError(f"trainer.{key}", t[key], "an integer >= 0")
     if t.eval_every < 1:
         raise ConfigError("trainer.eval_every", t.eval_every, "an integer >= 1")
-    if t.num_threads is not None and t.num_threads < 1:
-        raise ConfigError("trainer.num_threads", t.num_threads, "null or an integer >= 1")
+    cores = os.cpu_count() or 1
+    if t.num_threads is not None and not 1 <= t.num_threads <= MAX_THREADS_PER_CORE * cores:
+        raise ConfigError(
+            "trainer.num_threads",
+            t.num_threads,
+            f"null or an integer in [1, {MAX_THREADS_PER_CORE * cores}] (this machine has "
+            f"{cores} cores)",
+        )
     if not 0 <= t.seed <= MAX_SEED:
         raise ConfigError("trainer.seed", t.seed, f"an integer in [0, {MAX_SEED}]")
     check_step(t.step, cfg.model.backend, t.compile)

@@ -533,6 +533,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.path.is_dir():
         parser.error(f"not a folder: {args.path}")
+    if args.metric:  # a typo must not rank every run as "no value"
+        known = sorted({name for run in summarize(args.path).runs for name in run.metrics})
+        if known and args.metric not in known:
+            allowed = "a metric the runs have: " + ", ".join(known)
+            print(
+                f"ffn-report: error: invalid value for --metric: {args.metric!r} "
+                f"(allowed: {allowed})",
+                file=sys.stderr,
+            )
+            return 2
     summaries = write_report(args.path, args.out, args.metric, args.direction, not args.no_plot)
     if not any(summary.runs for summary in summaries):
         print(f"ffn-report: no runs under {args.path}", file=sys.stderr)

@@ -34,8 +34,13 @@ from omegaconf import DictConfig
 
 from ffn import run_record
 from ffn.report import Summary, to_markdown, write_report, written_files
+from ffn.sweep_guard import SweepFolder, interrupted_report, jobs_not_run
 
 log = logging.getLogger(__name__)
+
+
+# The sweep in progress in this process (callback, config), for a sweeper that raises at the end
+ACTIVE: tuple[SummaryCallback, DictConfig] | None = None
 
 
 class JobDiverged(RuntimeError):
@@ -49,6 +54,16 @@ class SummaryCallback(Callback):
         self.plot = plot
         self.exit_on_failure = exit_on_failure
         self._job_started = time.time()
+        self._folder: SweepFolder | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Sent to joblib's workers without the sweep folder's lock, which stays here."""
+        return {**self.__dict__, "_folder": None}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global ACTIVE
+        self._folder = SweepFolder(config)  # one sweep per folder; signals end it cleanly
+        ACTIVE = (self, config)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._job_started = time.time()
@@ -69,16 +84,41 @@ class SummaryCallback(Callback):
             hand_back(job_return, optuna="optuna" in str(config.hydra.sweeper._target_).lower())
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global ACTIVE
+        ACTIVE = None
         sweep_dir = Path(config.hydra.sweep.dir)
         summaries = write_report(sweep_dir, plot=self.plot)  # ranked as ffn-report ranks
         # print, not log: the last job's log file is still attached to the root logger here
         print(to_markdown(summaries), end="", flush=True)
         written = written_files(summaries, self.plot)
         print(f"written to {sweep_dir}: {', '.join(written)}", flush=True)
+        signum = self._folder.stopped_by() if self._folder is not None else None
+        if self._folder is not None:
+            self._folder.release()
+        if signum is not None:
+            runs = [run for summary in summaries for run in summary.runs]
+            report = interrupted_report(signum, runs, jobs_not_run(config, sweep_dir))
+            with open(sweep_dir / "summary.md", "a") as f:
+                f.write("\n" + report.removeprefix("ffn: ") + "\n")
+            print(report, file=sys.stderr, flush=True)
+            sys.exit(128 + signum)
         if any(summary.failed for summary in summaries):
             print(failure_report(summaries), file=sys.stderr, flush=True)
             if self.exit_on_failure:
                 sys.exit(1)
+
+
+def end_after_sweeper_error(error: BaseException) -> None:
+    """A sweeper that raised after its jobs (Optuna with no completed trial): summary, exit 1."""
+    global ACTIVE
+    if ACTIVE is None:
+        return
+    callback, config = ACTIVE
+    callback.on_multirun_end(config)  # the summary of what ran; exits if jobs failed
+    first = (str(error).splitlines() or [type(error).__name__])[0]
+    sweep_dir = config.hydra.sweep.dir
+    print(f"ffn: error: the sweep in {sweep_dir} ended without a result: {first}", file=sys.stderr)
+    sys.exit(1)
 
 
 def progress_line(config: DictConfig) -> str:
@@ -156,10 +196,13 @@ def hand_back(job_return: JobReturn, optuna: bool) -> None:
 
 def record_failure(run_dir: Path, job_return: JobReturn, wall_time_s: float) -> None:
     """Traceback into the job's log, `failed` into metrics.json and TensorBoard's HParams."""
-    from ffn.job import hyperparameters
+    from ffn.job import FolderUntouched, hyperparameters
     from ffn.run_logger import RunLogger
 
     error = job_return._return_value
+    if isinstance(error, FolderUntouched):  # refused for a run already there: leave it be
+        log.error("job refused: %s", error)
+        return
     log.error(
         "job failed: %s",
         " ".join(job_return.overrides or []),

@@ -33,8 +33,9 @@ def _finite(low: float, strict: bool) -> tuple[Callable[[Any], bool], str]:
 RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "optimizer": {
         "lr": _finite(0.0, strict=True),
-        "momentum": _finite(0.0, strict=False),
-        "dampening": _finite(0.0, strict=False),
+        # momentum 1 never forgets a gradient (the steps grow without bound); dampening a share
+        "momentum": (lambda v: math.isfinite(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "dampening": (lambda v: math.isfinite(v) and 0 <= v <= 1, "a number in [0, 1]"),
         "eps": _finite(0.0, strict=True),
         "weight_decay": _finite(0.0, strict=False),
         "alpha": _finite(0.0, strict=False),
@@ -152,4 +153,8 @@ def check(cfg: DictConfig) -> None:
     import torch  # here: `python run.py --help` imports ffn.config without torch
 
     optimizer = build("optimizer", cfg.optimizer, [torch.zeros(1, requires_grad=True)])
+    _, schedule = arguments(cfg.schedule)
+    lr = optimizer.param_groups[0]["lr"]
+    if schedule.get("eta_min", 0) > lr:  # an "annealing" that raises the step size
+        raise ConfigError("schedule.eta_min", schedule["eta_min"], f"a number <= the lr ({lr:g})")
     build("schedule", cfg.schedule, optimizer)

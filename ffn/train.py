@@ -13,6 +13,7 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch import Tensor
 from ffn import checkpoint, constants, targets
 from ffn.config import validate
 from ffn.data import Dataset, load_dataset
+from ffn.data.fingerprint import difference, fingerprint
 from ffn.errors import ConfigError
 from ffn.interrupt import StopFlag, stop_on_signals
 from ffn.metrics import evaluate, metric_name, weight_sparsity
@@ -32,6 +34,7 @@ from ffn.model import FeedForward
 from ffn.penalties import Penalty
 from ffn.progress import EpochBar, PhaseClock, SessionClock, run_timing, startup_seconds
 from ffn.run_logger import RunLogger, layer_diagnostics
+from ffn.sizes import check_model_size
 from ffn.step import (
     autograd_gradients,
     check_smooth,
@@ -44,6 +47,8 @@ from ffn.step import (
 log = logging.getLogger(__name__)
 
 DTYPES = {name: getattr(torch, name) for name in constants.DTYPES}  # name -> torch dtype
+# Divergence is a non-finite loss or gradient: a NaN metric alone (r2 of a constant target) is not
+DIVERGENCE = ("train/loss", "train/grad_norm")
 CONSTANT_SCHEDULE = "torch.optim.lr_scheduler.ConstantLR"
 
 
@@ -73,6 +78,7 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
     exit_code: int = 0
     timing: dict[str, float] = field(default_factory=dict)  # this session: where time went
+    undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it has no value
 
 
 def resolve_device(name: str) -> torch.device:
@@ -147,10 +153,20 @@ class Run:
         with self.clock("data"):
             self.data = cached_dataset(cfg.dataset, t.seed, self.device, DTYPES[t.dtype])
         self.task, self.score = self.data.task, metric_name(self.data.task)
+        self.fingerprint = fingerprint(cfg.dataset, self.data, t.seed)  # checked on resume
+        self.undefined: dict[str, str] = {}  # metric -> why the data leaves it undefined
         other = "r2" if self.score == "accuracy" else "accuracy"
         if cfg.optimized_metric.endswith("/" + other):
             allowed = f"a metric of a {self.task} dataset: val/loss, val/{self.score}, ..."
             raise ConfigError("optimized_metric", cfg.optimized_metric, allowed)
+        d = self.data
+        check_model_size(
+            list(cfg.model.hidden),
+            d.in_features,
+            d.out_features,
+            d.n_train,
+            DTYPES[t.dtype].itemsize,
+        )
         with self.clock("build"):  # torch.optim's first optimizer imports torch._dynamo (~1 s)
             self.model = build_model(cfg, self.data, self.device, DTYPES[t.dtype])
             self.penalty = Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True))
@@ -180,7 +196,9 @@ class Run:
         checkpoint.save(
             self.run_dir,
             {
-                "config": OmegaConf.to_yaml(self.cfg),
+                # resolved: a resume must not re-read ${oc.env:...} and find another file
+                "config": OmegaConf.to_yaml(self.cfg, resolve=True),
+                "data": self.fingerprint,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
@@ -193,7 +211,12 @@ class Run:
         )
 
     def restore(self, payload: dict[str, Any]) -> None:
-        """Put every piece back as the checkpoint found it."""
+        """Put every piece back as the checkpoint found it, once the data is known the same."""
+        changed = difference(payload.get("data") or {}, self.fingerprint)
+        if changed:
+            raise ConfigError(
+                "dataset", self.fingerprint["source"], f"the data the run trained on ({changed})"
+            )
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
@@ -245,7 +268,7 @@ class Run:
                     s.batch = i + 1
                     if stop:
                         break
-            if stop:
+            if stop and s.batch < math.ceil(n / batch):  # mid-epoch: resume replays the rest
                 status, stop_reason = "interrupted", _signal_name(stop.signum)
                 break
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch's steps used
@@ -255,7 +278,7 @@ class Run:
             evaluated = s.epoch % t.eval_every == 0 or last
             host = self.log_epoch(logger, lr) if evaluated else None
             bar.update(host, self.score)
-            if host is not None and not all(math.isfinite(v) for v in host.values()):
+            if host is not None and not all(math.isfinite(host[k]) for k in DIVERGENCE):
                 status, stop_reason = "diverged", "diverged"
                 break  # the last checkpoint, from a finite epoch, stays as it is
             fired = None if host is None else self.should_stop(host)
@@ -266,6 +289,9 @@ class Run:
             if fired is not None:
                 stop_reason = fired
                 break
+            if stop and not last:  # after an epoch's last step: the epoch is finished, then saved
+                status, stop_reason = "interrupted", _signal_name(stop.signum)
+                break
         bar.close()
         s.wall_time_s += session.bank()
         if status == "interrupted":
@@ -273,6 +299,12 @@ class Run:
                 self.save_checkpoint()
             else:  # NaNs mid-epoch: keep the last finite checkpoint rather than overwrite it
                 status = "diverged"
+        if self.best_state is not None and status != "interrupted":
+            # best.pt: the weights that were best on val; last.pt stays the state to resume from
+            config = OmegaConf.to_yaml(self.cfg, resolve=True)
+            checkpoint.save_best(
+                self.run_dir, self.best_state, s.best_epoch, s.best_val_loss, config
+            )
         if stop_reason == "early_stopping" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)  # report the model that was best on val
         exit_code = stop.exit_code if status == "interrupted" else 0
@@ -348,6 +380,12 @@ class Run:
             values, out, _ = evaluate(self.model, x, y, self.task)
             if not torch.isfinite(values["loss"]):  # argmax of NaN logits is no accuracy
                 values = {k: torch.tensor(math.nan) for k in values}
+            if self.task == "regression" and not bool((y != y[:1]).any()):
+                values["r2"] = torch.tensor(math.nan)
+                self.undefined[f"{split}/r2"] = (
+                    f"the target is constant on the {split} part: r2 = 1 - SS_res / SS_tot "
+                    "needs SS_tot > 0"
+                )
             metrics.update({f"{split}/{k}": float(v) for k, v in values.items()})
         with torch.no_grad():
             metrics["train/penalty"] = float(self.penalty.value(self.penalised))
@@ -364,6 +402,7 @@ def train(
     run_dir: Path,
     hparams: dict[str, Any] | None = None,
     resume_from: dict[str, Any] | None = None,
+    on_ready: Callable[[Run], None] | None = None,
 ) -> RunResult:
     """Train as `cfg` says, logging to TensorBoard in `run_dir`; returns how it ended.
 
@@ -375,6 +414,8 @@ def train(
     run = Run(cfg, run_dir)
     if resume_from is not None:
         run.restore(resume_from)
+    if on_ready is not None:  # everything built and checked: the job may now mark the folder
+        on_ready(run)
     # purge_step: events from a killed session past the checkpoint are discarded on reading.
     purge = run.state.epoch + 1 if resume_from is not None else None
     logger = RunLogger(run_dir, purge_step=purge)
@@ -387,6 +428,7 @@ def train(
             result = run.train(logger, stop)
             with run.clock("final_evaluation"):
                 result.metrics, test_out = run.final_metrics()
+            result.undefined = run.undefined
             result.metrics["train/sparsity"] = weight_sparsity(run.model)
             final = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
             final.update(

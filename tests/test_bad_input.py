@@ -136,6 +136,40 @@ CASES = [
         "optimizer.betas",
         "[0.9]",
     ),
+    # Data that parses but would make training meaningless (issue 12)
+    file_case("repeated_header", "repeated.csv", "dataset.path", "each column once"),
+    file_case("no_header_row", "numbers.csv", "dataset.path", "header row"),
+    file_case("feature_overflows", "overflow.csv", "dataset.path", "overflows"),
+    file_case("labels_that_are_no_classes", "unique.csv", "dataset.target", "distinct values"),
+    # Values that make no sense (issue 12)
+    Case("momentum_one", ("optimizer=momentum", "optimizer.momentum=1"), "optimizer.momentum", "1"),
+    Case(
+        "dampening_above_one",
+        ("optimizer=sgd", "+optimizer.dampening=1.5"),
+        "optimizer.dampening",
+        "1.5",
+    ),
+    Case(
+        "cosine_eta_min_above_lr",
+        ("schedule=cosine", "+schedule.eta_min=1"),
+        "schedule.eta_min",
+        "1",
+    ),
+    Case(
+        "num_threads_far_beyond_cores",
+        ("trainer.num_threads=100000",),
+        "trainer.num_threads",
+        "100000",
+    ),
+    # Sizes that cannot fit in memory: refused with the estimate, before any allocation
+    Case("hidden_too_big_for_memory", ("model.hidden=[100000000]",), "model.hidden", "need about"),
+    Case(
+        "n_samples_too_big_for_memory",
+        ("dataset=regression", "dataset.n_samples=10000000000"),
+        "dataset.n_samples",
+        "need about",
+    ),
+    Case("hidden_1e20", ("model.hidden=[1e20]",), "model.hidden", "1e+20"),
     Case(
         "run_dir_is_a_file",
         (),
@@ -161,8 +195,15 @@ def write_data(folder: Path) -> None:
     csv("nan.csv", [*rows[:5], ("1.0", "nan", "1"), *rows[5:]])
     csv("inf.csv", [*rows[:5], ("inf", "1.0", "0"), *rows[5:]])
     csv("fractional.csv", [(a, b, f"{int(y) + 0.5}") for a, b, y in rows])
+    (folder / "repeated.csv").write_text("a,a,y\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    (folder / "numbers.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
+    csv("overflow.csv", [(a, "1e300" if i == 3 else b, y) for i, (a, b, y) in enumerate(rows)])
+    csv("unique.csv", [(a, b, f"c{i}") for i, (a, b, _) in enumerate(rows)])
     x[3, 1] = np.nan
     np.savez(folder / "nan.npz", x=x, y=np.arange(40) % 2)
+
+
+PREPARED = ("not_a_checkpoint", "run_dir_is_a_file")  # cases that find something at the folder
 
 
 def prepare_run_folder(case: Case, run: Path) -> None:
@@ -243,3 +284,5 @@ def test_bad_input_is_refused_in_one_line(case: Case, results: dict[str, Result]
     if case.name != "not_a_checkpoint":
         assert not (run / "checkpoints").exists()
     assert not list(run.glob("events.out.tfevents.*"))
+    if case.name not in PREPARED:  # a refused command leaves no run folder at all
+        assert not run.exists(), sorted(p.name for p in run.iterdir())

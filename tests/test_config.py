@@ -176,14 +176,14 @@ def run_job_expecting_exit(job: DictConfig, capsys: pytest.CaptureFixture[str]) 
     return capsys.readouterr().err
 
 
-def test_refused_config_exits_2_and_marks_the_folder(
+def test_refused_config_exits_2_and_leaves_no_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
     job = job_config(compose_config(["optimizer.lr=0", *QUICK], output_dir=out))
     err = run_job_expecting_exit(job, capsys)
     assert err.startswith("ffn: error:") and "optimizer.lr" in err
-    assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
+    assert not (out / "metrics.json").exists()  # nothing that ffn-report would list as a run
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32])

@@ -19,6 +19,7 @@ from ffn.errors import ConfigError
 
 SUFFIXES = (".csv", ".npz")
 MAX_INFERRED_CLASSES = 20  # an integer target with more distinct values is taken as regression
+MIN_ROWS_PER_CLASS = 2  # fewer rows a class on average: the labels are not classes
 _MAX_LISTED = 20  # columns named in a message before it says "..."
 
 
@@ -79,6 +80,7 @@ def read_csv(
     """Features, target and the target's name.  x: (n, d) float64; y: (n,) float64 or str."""
     rows = _read_rows(path)
     header = [name.strip() for name in rows[0][1]]
+    _check_header(path, header)
     if target is None or target not in header:
         raise ConfigError("dataset.target", target, f"a column of {path.name}: {_listing(header)}")
     if len(header) < 2:
@@ -181,6 +183,22 @@ def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
     return rows
 
 
+def _check_header(path: Path, header: list[str]) -> None:
+    """A header that names each column once: else the target or the features are ambiguous."""
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ConfigError(
+            "dataset.path", str(path), f"a header naming each column once; {repeated} repeat"
+        )
+    if "" in header:
+        column = header.index("") + 1
+        raise ConfigError("dataset.path", str(path), f"a header naming column {column}")
+    if all(_is_number(name) for name in header):  # the first data row, most likely
+        raise ConfigError(
+            "dataset.path", str(path), "a header row of column names; line 1 holds numbers"
+        )
+
+
 def _numeric(path: Path, name: str, cells: tuple[str, ...], lines: list[int]) -> np.ndarray:
     """A feature column as float64, refusing text, blanks, NaN and inf.  -> (n,)."""
     values = np.empty(len(cells))
@@ -278,6 +296,14 @@ def _resolve_task(y: np.ndarray, task: str | None, target: str) -> tuple[np.ndar
         )
     if len(np.unique(y)) < 2:
         raise ConfigError("dataset.target", target, "a target with at least 2 distinct classes")
+    n_classes = len(np.unique(y))
+    if n_classes > len(y) // MIN_ROWS_PER_CLASS:  # most classes would have one row or none
+        raise ConfigError(
+            "dataset.target",
+            target,
+            f"labels that name classes: {n_classes} distinct values in {len(y)} rows "
+            f"(a number to predict? set dataset.task=regression)",
+        )
     return (y if text else y.astype(np.int64)), task  # int: messages say class 7, not 7.0
 
 

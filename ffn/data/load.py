@@ -64,11 +64,18 @@ def load_dataset(
     if classification:
         y, n_classes = encode_labels(y)
     y_scale = None
-    if cfg.standardize:
-        x = Scale.fit(x[parts.train]).apply(x)
-        if not classification:
-            y_scale = Scale.fit(y[parts.train])
-            y = y_scale.apply(y)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below, in one line
+        if cfg.standardize:
+            x_scale = Scale.fit(x[parts.train])
+            _check_representable(cfg, np.stack([x_scale.mean, x_scale.std]), "features", dtype)
+            x = x_scale.apply(x)
+            if not classification:
+                y_scale = Scale.fit(y[parts.train])
+                _check_representable(cfg, np.stack([y_scale.mean, y_scale.std]), "targets", dtype)
+                y = y_scale.apply(y)
+    _check_representable(cfg, x, "features", dtype)
+    if not classification:
+        _check_representable(cfg, y, "targets", dtype)
 
     def put(a: np.ndarray, labels: bool = False) -> torch.Tensor:
         """One array on the requested device: labels int64, everything else `dtype`."""
@@ -87,6 +94,21 @@ def load_dataset(
         y_mean=None if y_scale is None else put(y_scale.mean),
         y_std=None if y_scale is None else put(y_scale.std),
     )
+
+
+def _check_representable(cfg: DatasetConfig, a: np.ndarray, what: str, dtype: torch.dtype) -> None:
+    """Values that overflow the standardisation or the training dtype: training would be NaN."""
+    limit = torch.finfo(dtype).max
+    bad = ~np.isfinite(a) | (np.abs(a) > limit)
+    if bad.any():
+        col = int(np.argwhere(bad.reshape(len(a), -1))[0][1]) if a.ndim == 2 else 0
+        key, value = ("dataset.path", cfg.path) if cfg.name == "file" else ("dataset", cfg.name)
+        raise ConfigError(
+            key,
+            value,
+            f"{what} whose values and spread fit {str(dtype).removeprefix('torch.')}; column "
+            f"{col} overflows it (|value| or standard deviation above {limit:.3g})",
+        )
 
 
 def check_config(cfg: DatasetConfig | Mapping[str, Any]) -> DatasetConfig:
