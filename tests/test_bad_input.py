@@ -70,6 +70,13 @@ CASES = [
         "cuda",
         skip="this machine has CUDA" if HAS_CUDA else None,
     ),
+    Case(
+        "cuda_index_out_of_range",
+        (f"trainer.device=cuda:{torch.cuda.device_count()}",),
+        "trainer.device",
+        f"cuda:{torch.cuda.device_count()}",
+        skip=None if HAS_CUDA else "no CUDA here: cuda_without_cuda covers it",
+    ),
     Case("unknown_dtype", ("trainer.dtype=float16",), "trainer.dtype", "float16"),
     Case("unknown_l1_method", ("penalty=l1", "penalty.method=lars"), "penalty.method", "lars"),
     Case("lbfgs_with_l1", ("optimizer=lbfgs", "penalty=l1"), "penalty.name", "'l1'"),
@@ -109,6 +116,9 @@ CASES = [
         "classification",
     ),
     Case("unknown_key", ("trainer.epochs=5",), "trainer.epochs", "trainer.epochs"),
+    Case("unknown_model_key", ("model.hiddn=[3]",), "model.hiddn", "model.hiddn"),
+    Case("unknown_dataset_name", ("dataset.name=nope",), "dataset.name", "nope"),
+    Case("negative_lambda_without_a_penalty", ("penalty.lam=-1",), "penalty.lam", "-1"),
     # Hydra's `+` adds a key past the schema: ffn must still refuse it, not ignore it
     Case("unknown_key_added_with_plus", ("+trainer.max_epoch=3",), "trainer.max_epoch", "3"),
     Case(

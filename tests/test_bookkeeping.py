@@ -194,6 +194,7 @@ def every_second_epoch(tmp_path_factory: pytest.TempPathFactory):
     return train(cfg, folder), read_events(folder)
 
 
+@pytest.mark.slow
 def test_eval_every_evaluates_every_nth_and_the_last_epoch(every_second_epoch) -> None:
     result, acc = every_second_epoch
     assert result.status == "completed" and result.epochs == 5
@@ -204,6 +205,7 @@ def test_eval_every_evaluates_every_nth_and_the_last_epoch(every_second_epoch) -
     assert np.isfinite(result.metrics["val/loss"])
 
 
+@pytest.mark.slow
 def test_timing_names_every_phase(every_second_epoch) -> None:
     timing = every_second_epoch[0].timing
     assert set(timing) == {f"{phase}_s" for phase in TIMING_PHASES} | {"loop_started_unix"}
@@ -213,6 +215,7 @@ def test_timing_names_every_phase(every_second_epoch) -> None:
     assert timing["figures_s"] == 0  # figures=false
 
 
+@pytest.mark.slow
 def test_runs_on_the_same_data_share_it_and_other_data_is_loaded(tmp_path: Path) -> None:
     first = Run(quick_config(), tmp_path)
     again = Run(quick_config(), tmp_path)

@@ -126,6 +126,7 @@ def test_every_group_has_options() -> None:
         assert any(o for g, o in OPTIONS if g == group), group
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=choice_ids(OPTIONS))
 def test_every_option_composes_and_trains(group: str, option: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -203,6 +204,7 @@ def test_plus_override_of_unknown_key_is_refused(
     assert "model.hiddn" in run_job_expecting_exit(job, capsys)
 
 
+@pytest.mark.slow  # loads diabetes: the task is known only from the data
 def test_optimized_metric_the_task_lacks_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -288,6 +290,7 @@ def test_every_penalty_file_builds_a_penalty() -> None:
             assert Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True)).name == option
 
 
+@pytest.mark.slow
 def test_help_lists_every_option_and_not_the_schema() -> None:
     proc = run_ffn("--help", timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -300,6 +303,7 @@ def test_help_lists_every_option_and_not_the_schema() -> None:
     assert "ffn_schema" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_cfg_job_prints_the_main_keys() -> None:
     proc = run_ffn("--cfg", "job", timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -377,6 +381,7 @@ def test_the_loader_spy_sees_a_good_config_load(loader_spy: list[str], tmp_path:
     assert loader_spy == ["mnist1d"]
 
 
+@pytest.mark.slow
 def test_check_validation_part_runs_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import ffn.config
 
@@ -400,6 +405,7 @@ def test_check_validation_part_runs_once(monkeypatch: pytest.MonkeyPatch, tmp_pa
 # --- optimizer and schedule: as open as their _target_ ---------------------------------------
 
 
+@pytest.mark.slow
 def test_any_torch_optimizer_trains_with_its_own_keywords(tmp_path: Path) -> None:
     from ffn import targets
 

@@ -263,6 +263,7 @@ def test_val_fraction_zero_leaves_no_val_part(name: str, n: int) -> None:
     assert d.n_test == round(0.2 * n) and d.n_train == n - d.n_test
 
 
+@pytest.mark.slow
 def test_mnist1d_at_the_packages_sizes() -> None:
     cfg = DatasetConfig(name="mnist1d", n_samples=5000, test_fraction=0.2, val_fraction=0)
     d = load_dataset(cfg, seed=0)
@@ -496,7 +497,13 @@ def test_conf_has_exactly_one_file_per_dataset() -> None:
     assert not [p for p in CONF.iterdir() if p.suffix != ".yaml"]
 
 
-@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path",
+    [  # mnist1d's 5000 samples take seconds to generate: with the slow tests
+        pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if p.stem == "mnist1d" else [])
+        for p in sorted(CONF.glob("*.yaml"))
+    ],
+)
 def test_every_conf_file_merges_onto_the_schema_and_loads(path: Path, tmp_path: Path) -> None:
     cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(path))
     assert cfg.name == path.stem

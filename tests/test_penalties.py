@@ -251,6 +251,7 @@ def test_bad_penalty_input_names_the_key(kwargs, key):
 # --- a larger lambda gives smaller weights ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_larger_lambda_gives_smaller_weights():
     """Train one tiny tanh net to a stationary point of loss + lam ||W||^2 for two lambdas.
 

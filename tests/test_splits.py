@@ -24,6 +24,7 @@ def no_val_config(**overrides: object):
     return OmegaConf.merge(cfg, overrides)
 
 
+@pytest.mark.slow
 def test_a_run_without_val_part_logs_and_reports_no_val(tmp_path: Path) -> None:
     cfg = no_val_config()
     validate(cfg)

@@ -240,6 +240,7 @@ def test_runner_compile_trains_like_eager(tmp_path) -> None:
         assert compiled.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["manual", "autograd"])
 def test_runner_autograd_step_trains_like_the_graph_free_step(tmp_path, backend) -> None:
     # trainer.step picks the step, model.backend the forward's ops: in float64 every choice
