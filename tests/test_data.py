@@ -57,7 +57,13 @@ def good_rows(n: int = 30) -> list[list[object]]:
 # --- every dataset ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(set(DATASETS) - {"file"}))
+@pytest.mark.parametrize(
+    "name",
+    [  # mnist1d takes seconds to generate: with the slow tests
+        pytest.param(n, marks=[pytest.mark.slow] if n == "mnist1d" else [])
+        for n in sorted(set(DATASETS) - {"file"})
+    ],
+)
 def test_every_dataset_loads_with_right_shapes_dtypes_and_labels(name: str) -> None:
     d = load_dataset(small(name), seed=0)
     assert d.name == name and d.task in ("classification", "regression")

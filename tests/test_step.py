@@ -168,6 +168,7 @@ def test_sgd_update_equals_torch_sgd():
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # tracing with torch.compile: seconds
 def test_compiled_gradients_equal_eager():
     # aot_eager traces what inductor would compile (the .grad writes, the in-place ops) in about
     # a second; inductor's own code generation takes several and is timed by the benchmark.
