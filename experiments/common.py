@@ -27,7 +27,7 @@ BEGIN, END = "<!-- results: begin (written by analyze.py) -->", "<!-- results: e
 
 
 @dataclass
-class Run:
+class SweepJob:
     """One job of the sweep: its folder, composed config and metrics.json."""
 
     path: Path
@@ -45,14 +45,14 @@ def latest_sweep(name: str) -> Path:
     return sweeps[-1]
 
 
-def load_runs(sweep: Path) -> list[Run]:
+def load_runs(sweep: Path) -> list[SweepJob]:
     """Every job folder of the sweep, in job order; one without a readable end reads `running`."""
     runs = []
     for config in sweep.glob("*/.hydra/config.yaml"):
         path = config.parents[1]
         record = read_record(path)  # ffn.run_record: one meaning for every reader
         metrics = {k: math.nan if v is None else v for k, v in record.get("metrics", {}).items()}
-        runs.append(Run(path, OmegaConf.load(config), record["status"], metrics, record))
+        runs.append(SweepJob(path, OmegaConf.load(config), record["status"], metrics, record))
     if not runs:
         raise SystemExit(f"no runs under {sweep}")
     return sorted(runs, key=lambda r: (not r.path.name.isdigit(), int("0" + r.path.name), r.path))

@@ -28,7 +28,7 @@ HAS_CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.slow  # every test here runs `python run.py`
 
 
-class Run:
+class FinishedRun:
     """A finished `python run.py` and the folder it wrote."""
 
     def __init__(self, folder: Path, proc: subprocess.CompletedProcess[str], seconds: float):
@@ -54,21 +54,23 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"metrics.json holds {name}")
 
 
-def run_cli(folder: Path, *overrides: str, timeout: float = 300) -> Run:
+def run_cli(folder: Path, *overrides: str, timeout: float = 300) -> FinishedRun:
     """`python run.py OVERRIDES hydra.run.dir=folder` from the repo root."""
     started = time.perf_counter()
     proc = run_ffn(*overrides, f"hydra.run.dir={folder}", timeout=timeout)
-    return Run(folder, proc, time.perf_counter() - started)
+    return FinishedRun(folder, proc, time.perf_counter() - started)
 
 
-def run_many(base: Path, runs: dict[str, Iterable[str]], workers: int = 2) -> dict[str, Run]:
+def run_many(
+    base: Path, runs: dict[str, Iterable[str]], workers: int = 2
+) -> dict[str, FinishedRun]:
     """Several independent runs, `workers` at a time; folder base/NAME for each."""
     with ThreadPoolExecutor(workers) as pool:
         futures = {name: pool.submit(run_cli, base / name, *o) for name, o in runs.items()}
         return {name: future.result() for name, future in futures.items()}
 
 
-def completed_ok(run: Run) -> dict:
+def completed_ok(run: FinishedRun) -> dict:
     """metrics.json of a run that must have exited 0; the process output if not."""
     assert run.proc.returncode == 0, run.proc.stderr[-3000:]
     return run.metrics_json
@@ -98,17 +100,17 @@ def hparams_info(acc: event_accumulator.EventAccumulator):
 
 
 @pytest.fixture(scope="module")
-def short_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+def short_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
     return run_cli(tmp_path_factory.mktemp("short") / "run", *SHORT)
 
 
 @pytest.fixture(scope="module")
-def short_events(short_run: Run) -> event_accumulator.EventAccumulator:
+def short_events(short_run: FinishedRun) -> event_accumulator.EventAccumulator:
     completed_ok(short_run)
     return short_run.events()
 
 
-def test_short_run_leaves_a_complete_folder(short_run: Run) -> None:
+def test_short_run_leaves_a_complete_folder(short_run: FinishedRun) -> None:
     result = completed_ok(short_run)
     folder = short_run.folder
     config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
@@ -160,7 +162,7 @@ def test_short_run_logs_every_scalar_each_epoch(short_events) -> None:
     assert values(short_events, "train/penalty") == [0, 0, 0]
 
 
-def test_short_run_logs_histograms_figures_and_config(short_run: Run, short_events) -> None:
+def test_short_run_logs_histograms_figures_and_config(short_run: FinishedRun, short_events) -> None:
     tags = short_events.Tags()
     for prefix in ("weights/layer_", "grads/layer_", "preactivations/layer_"):
         found = tags_like(tags["histograms"], prefix)
@@ -190,7 +192,7 @@ def test_short_run_hparams_session(short_events) -> None:
     assert end.status == api_pb2.STATUS_SUCCESS
 
 
-def test_scalars_agree_with_metrics_json(short_run: Run, short_events) -> None:
+def test_scalars_agree_with_metrics_json(short_run: FinishedRun, short_events) -> None:
     metrics = short_run.metrics_json["metrics"]
     for tag in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "train/objective"):
         assert values(short_events, tag)[-1] == pytest.approx(metrics[tag], rel=1e-6), tag
@@ -206,7 +208,7 @@ def test_scalars_agree_with_metrics_json(short_run: Run, short_events) -> None:
 
 
 @pytest.fixture(scope="module")
-def task_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+def task_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, FinishedRun]:
     epochs = ("trainer.max_epochs=2", "trainer.histogram_every=0")
     return run_many(
         tmp_path_factory.mktemp("tasks"),
@@ -218,7 +220,7 @@ def task_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
 
 
 @pytest.mark.slow
-def test_regression_logs_r2_and_predicted_vs_true(task_runs: dict[str, Run]) -> None:
+def test_regression_logs_r2_and_predicted_vs_true(task_runs: dict[str, FinishedRun]) -> None:
     run = task_runs["diabetes"]
     metrics = completed_ok(run)["metrics"]
     assert math.isfinite(metrics["test/r2"]) and "test/accuracy" not in metrics
@@ -235,7 +237,9 @@ def test_regression_logs_r2_and_predicted_vs_true(task_runs: dict[str, Run]) -> 
 
 
 @pytest.mark.slow
-def test_two_dimensional_classification_logs_decision_regions(task_runs: dict[str, Run]) -> None:
+def test_two_dimensional_classification_logs_decision_regions(
+    task_runs: dict[str, FinishedRun],
+) -> None:
     run = task_runs["moons"]
     completed_ok(run)
     acc = run.events()
@@ -249,7 +253,9 @@ def test_two_dimensional_classification_logs_decision_regions(task_runs: dict[st
 
 
 @pytest.mark.slow
-def test_same_seed_same_metrics_other_seed_other_metrics(short_run: Run, tmp_path: Path) -> None:
+def test_same_seed_same_metrics_other_seed_other_metrics(
+    short_run: FinishedRun, tmp_path: Path
+) -> None:
     runs = run_many(tmp_path, {"same": SHORT, "other": (*SHORT, "trainer.seed=1")})
     first = completed_ok(short_run)
     same, other = completed_ok(runs["same"]), completed_ok(runs["other"])
@@ -264,7 +270,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(short_run: Run, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def rule_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+def rule_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, FinishedRun]:
     return run_many(
         tmp_path_factory.mktemp("rules"),
         {
@@ -284,7 +290,7 @@ def rule_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
 
 
 @pytest.mark.slow
-def test_l1_proximal_gives_exact_zeros(rule_runs: dict[str, Run]) -> None:
+def test_l1_proximal_gives_exact_zeros(rule_runs: dict[str, FinishedRun]) -> None:
     run = rule_runs["l1"]
     metrics = completed_ok(run)["metrics"]
     assert metrics["train/penalty"] > 0
@@ -297,28 +303,28 @@ def test_l1_proximal_gives_exact_zeros(rule_runs: dict[str, Run]) -> None:
 
 
 @pytest.mark.slow
-def test_gd_takes_one_full_batch_step_per_epoch(rule_runs: dict[str, Run]) -> None:
+def test_gd_takes_one_full_batch_step_per_epoch(rule_runs: dict[str, FinishedRun]) -> None:
     result = completed_ok(rule_runs["gd"])
     assert result["epochs"] == 3
     assert result["steps"] == result["epochs"]
 
 
 @pytest.mark.slow
-def test_rel_tol_stops_as_converged(rule_runs: dict[str, Run]) -> None:
+def test_rel_tol_stops_as_converged(rule_runs: dict[str, FinishedRun]) -> None:
     result = completed_ok(rule_runs["rel_tol"])
     assert (result["status"], result["stop_reason"]) == ("completed", "converged")
     assert result["epochs"] == 3  # epoch 1 has nothing to compare; epochs 2 and 3 calm
 
 
 @pytest.mark.slow
-def test_grad_tol_stops_at_once(rule_runs: dict[str, Run]) -> None:
+def test_grad_tol_stops_at_once(rule_runs: dict[str, FinishedRun]) -> None:
     result = completed_ok(rule_runs["grad_tol"])
     assert (result["status"], result["stop_reason"]) == ("completed", "grad_tol")
     assert result["epochs"] == 1
 
 
 @pytest.mark.slow
-def test_early_stopping_keeps_the_best_model(rule_runs: dict[str, Run]) -> None:
+def test_early_stopping_keeps_the_best_model(rule_runs: dict[str, FinishedRun]) -> None:
     run = rule_runs["early_stopping"]
     result = completed_ok(run)
     assert (result["status"], result["stop_reason"]) == ("completed", "early_stopping")

@@ -31,7 +31,7 @@ from ffn.train import DTYPES, build_model
 # common.py is one folder up: `python experiments/<study>/analyze.py` puts only <study>/ on path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (
-    Run,
+    SweepJob,
     command_line,
     load_runs,
     mean_std,
@@ -50,7 +50,7 @@ COLORS = {"sigmoid": "tab:blue", "tanh": "tab:orange", "relu": "tab:green", "lea
 # --------------------------------------------------------------------------- the study
 
 
-def layer_gradient_norms(run: Run, cache: dict) -> tuple[list[float], list[float], float]:
+def layer_gradient_norms(run: SweepJob, cache: dict) -> tuple[list[float], list[float], float]:
     """Per layer ||dL/dW_l|| of the full-batch training loss at the start and at the end.
 
     Also returns the training loss at the start (epoch 0, which the runner does not log).

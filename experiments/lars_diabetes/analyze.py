@@ -30,7 +30,7 @@ from sklearn.linear_model import lasso_path
 from ffn.data import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import Run, command_line, load_runs, save_figure, sweep_minutes, write_results
+from common import SweepJob, command_line, load_runs, save_figure, sweep_minutes, write_results
 
 HERE = Path(__file__).resolve().parent
 NAME = HERE.name
@@ -45,7 +45,7 @@ PAPER = {
 }
 
 
-def final_coefficients(run: Run) -> np.ndarray:
+def final_coefficients(run: SweepJob) -> np.ndarray:
     """The linear model's weights at the end of the run (standardised units).  -> (10,)."""
     state = torch.load(run.path / "checkpoints" / "last.pt", weights_only=True)["model"]
     return state["layers.0.weight"].double().numpy().ravel()

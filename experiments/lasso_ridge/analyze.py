@@ -34,7 +34,15 @@ from ffn.data import load_dataset
 
 # common.py is one folder up: `python experiments/<study>/analyze.py` puts only <study>/ on path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import Run, latest_sweep, load_runs, mean_std, save_figure, sweep_minutes, write_results
+from common import (
+    SweepJob,
+    latest_sweep,
+    load_runs,
+    mean_std,
+    save_figure,
+    sweep_minutes,
+    write_results,
+)
 
 HERE = Path(__file__).resolve().parent
 NAME = HERE.name
@@ -44,7 +52,7 @@ PENALTIES = {"l1": "lasso", "l2": "ridge"}
 # --------------------------------------------------------------------------- part 1: paths
 
 
-def final_weights(run: Run) -> list[np.ndarray]:
+def final_weights(run: SweepJob) -> list[np.ndarray]:
     """The weight matrices at the end of the run, from its checkpoint.  [(d_l, H_l)]."""
     state = torch.load(run.path / "checkpoints" / "last.pt", weights_only=True)["model"]
     keys = sorted((k for k in state if k.endswith(".weight")), key=lambda k: int(k.split(".")[1]))
