@@ -189,6 +189,21 @@ def check_optimizer_and_schedule(cfg: DictConfig | Any) -> None:
     targets.check(cfg)
 
 
+def check_lbfgs(cfg: DictConfig | Any) -> None:
+    """optimizer=lbfgs: a smooth objective (no l1 part), the whole training set per step."""
+    from hydra.utils import get_class
+    from torch.optim import LBFGS
+
+    if not issubclass(get_class(cfg.optimizer._target_), LBFGS):
+        return
+    from ffn.penalties import Penalty
+    from ffn.step import check_smooth
+
+    check_smooth(Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True)))
+    if not cfg.trainer.full_batch:
+        raise ConfigError("trainer.full_batch", False, "true with optimizer=lbfgs")
+
+
 def check_optimized_metric(cfg: DictConfig | Any) -> None:
     split, _, name = cfg.optimized_metric.partition("/")
     if split not in SPLITS or name not in METRICS:
@@ -229,6 +244,7 @@ CHECKS: tuple[Callable[[Any], None], ...] = (
     check_penalty,
     check_trainer,
     check_optimizer_and_schedule,
+    check_lbfgs,
     check_optimized_metric,
     check_validation_part,
 )

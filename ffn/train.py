@@ -37,7 +37,6 @@ from ffn.run_logger import RunLogger, layer_diagnostics
 from ffn.sizes import check_model_size
 from ffn.step import (
     autograd_gradients,
-    check_smooth,
     choose_step,
     compile_gradients,
     lbfgs_step,
@@ -127,11 +126,8 @@ def gradient_norm(model: FeedForward) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
-def lbfgs_runner_step(cfg: DictConfig, penalty: Penalty):
-    """The closure step for optimizer=lbfgs, after refusing what L-BFGS cannot do."""
-    check_smooth(penalty)
-    if not cfg.trainer.full_batch:
-        raise ConfigError("trainer.full_batch", False, "true with optimizer=lbfgs")
+def lbfgs_runner_step(cfg: DictConfig):
+    """The closure step for optimizer=lbfgs (validate has refused what L-BFGS cannot do)."""
     gradients = manual_gradients if cfg.trainer.step == "graph_free" else autograd_gradients
     if cfg.trainer.compile:
         gradients = compile_gradients()
@@ -180,7 +176,7 @@ class Run:
         self.best_state: dict[str, Tensor] | None = None
         self.step = choose_step(t.step, self.model.backend, t.compile)  # graph-free or autograd
         if isinstance(self.optimizer, torch.optim.LBFGS):
-            self.step = lbfgs_runner_step(cfg, self.penalty)
+            self.step = lbfgs_runner_step(cfg)
             # The line search picks each step (lr is only its first try): no schedule applies.
             if cfg.schedule._target_ != CONSTANT_SCHEDULE:
                 log.info("optimizer=lbfgs: schedule %s is not used", cfg.schedule._target_)
