@@ -23,14 +23,18 @@ MIN_ROWS_PER_CLASS = 2  # fewer rows a class on average: the labels are not clas
 _MAX_LISTED = 20  # columns named in a message before it says "..."
 
 
-def load_file(cfg: DatasetConfig, seed: int) -> Arrays:
-    """The whole file; task from cfg.task, or inferred from the target.  seed is unused."""
+def load_file(cfg: DatasetConfig, seed: int, count_classes: bool = True) -> Arrays:
+    """The whole file; task from cfg.task, or inferred from the target.  seed is unused.
+
+    count_classes=False (a given val or test file): its labels are checked for their kind only,
+    since a small test file may hold few rows or one class.
+    """
     path = _checked_path(cfg.path)
     if path.suffix.lower() == ".csv":
         x, y, target = read_csv(path, cfg.target, cfg.task)
     else:
         x, y, target = read_npz(path, cfg.target)
-    y, task = _resolve_task(y, cfg.task, target)
+    y, task = _resolve_task(y, cfg.task, target, count_classes)
     return Arrays(x=x, y=y, task=task, size_key="dataset.path")
 
 
@@ -60,7 +64,8 @@ def _given_part(cfg: DatasetConfig, key: str, train: Arrays) -> Arrays:
     """The val or test file, read as the train file was: its task, its feature count."""
     path, name = getattr(cfg, key), f"dataset.{key}"
     try:
-        part = load_file(dataclasses.replace(cfg, path=path, task=train.task), seed=0)
+        given = dataclasses.replace(cfg, path=path, task=train.task)
+        part = load_file(given, seed=0, count_classes=False)
     except ConfigError as error:  # the same checks, blamed on the key that names this file
         if error.key != "dataset.path":
             raise
@@ -268,7 +273,9 @@ def _check_finite(path: Path, a: np.ndarray, what: str, lines: list[int] | None 
         )
 
 
-def _resolve_task(y: np.ndarray, task: str | None, target: str) -> tuple[np.ndarray, str]:
+def _resolve_task(
+    y: np.ndarray, task: str | None, target: str, count_classes: bool = True
+) -> tuple[np.ndarray, str]:
     """y checked and shaped for its task: (n,) labels, or (n, M) float64 targets."""
     text = y.dtype.kind == "U"
     if y.ndim == 2 and y.shape[1] == 1:
@@ -294,6 +301,8 @@ def _resolve_task(y: np.ndarray, task: str | None, target: str) -> tuple[np.ndar
             target,
             f"integer or text class labels for task=classification; it holds {example}",
         )
+    if not count_classes:
+        return (y if text else y.astype(np.int64)), task
     if len(np.unique(y)) < 2:
         raise ConfigError("dataset.target", target, "a target with at least 2 distinct classes")
     n_classes = len(np.unique(y))
