@@ -444,7 +444,7 @@ def test_csv_target_errors_list_the_columns(tmp_path: Path) -> None:
         ([[1.0, 2.0], *good_rows()], "dataset.path", "line 2 has 2"),
         ([[0.5, 1.0, 1.5], *good_rows()], "dataset.target", "integer or text class labels"),
         ([[0.5, 1.0, "n/a"], *good_rows()], "dataset.target", "'n/a' on line 2"),
-        (good_rows(5), "dataset.path", "at least"),  # too few to split into 3 x 3 classes
+        (good_rows(8), "dataset.path", "at least"),  # too few to split into 3 x 3 classes
         ([[0.5, 1.0, 7], *good_rows()], "dataset.path", "class 7 has 1"),  # can't stratify
         ([[i, i, 1] for i in range(30)], "dataset.target", "at least 2 distinct classes"),
         ([], "dataset.path", "data rows"),
