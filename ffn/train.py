@@ -140,7 +140,6 @@ class Run:
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, run_dir
         self.clock = PhaseClock()
-        self.clock.add("imports", startup_seconds())
         t = cfg.trainer
         self.device = resolve_device(t.device)
         if t.num_threads:
@@ -163,7 +162,7 @@ class Run:
             d.n_train,
             DTYPES[t.dtype].itemsize,
         )
-        with self.clock("build"):  # torch.optim's first optimizer imports torch._dynamo (~1 s)
+        with self.clock("build"):
             self.model = build_model(cfg, self.data, self.device, DTYPES[t.dtype])
             self.penalty = Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True))
             self.penalised = self.penalty.parameters(self.model)
@@ -406,8 +405,12 @@ def train(
     drops whatever the killed session logged after the checkpoint, so the curves stay clean.
     The config is validated first, in one pass, before any data is loaded.
     """
+    startup, started = startup_seconds(), time.perf_counter()
     validate(cfg)
+    validated = time.perf_counter() - started
     run = Run(cfg, run_dir)
+    run.clock.add("imports", startup)
+    run.clock.add("validate", validated)
     if resume_from is not None:
         run.restore(resume_from)
     if on_ready is not None:  # everything built and checked: the job may now mark the folder
