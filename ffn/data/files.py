@@ -306,7 +306,9 @@ def _resolve_task(
     if len(np.unique(y)) < 2:
         raise ConfigError("dataset.target", target, "a target with at least 2 distinct classes")
     n_classes = len(np.unique(y))
-    if n_classes > len(y) // MIN_ROWS_PER_CLASS:  # most classes would have one row or none
+    # many classes, most with one row or none: an id or a measurement, not a label (few rows
+    # with few classes are the split's to refuse, with its own message)
+    if n_classes > max(MAX_INFERRED_CLASSES, len(y) // MIN_ROWS_PER_CLASS):
         raise ConfigError(
             "dataset.target",
             target,
