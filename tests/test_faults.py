@@ -330,3 +330,45 @@ def test_a_read_only_output_folder_gets_one_line(tmp_path: Path) -> None:
         one_line(run_in(mount / "run"), 2, str(mount / "run"), "Read-only file system")
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# --- a signal before the training loop ------------------------------------------------------------
+
+
+def _torch_loaded(pid: int) -> bool:
+    try:
+        return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see torch load")
+@pytest.mark.parametrize(("phase", "signum", "code"), [("imports", 2, 130), ("data", 15, 143)])
+def test_a_signal_before_training_is_one_line_and_leaves_no_run(
+    base: Path, phase: str, signum: int, code: int
+) -> None:
+    """Ctrl-C during the imports, SIGTERM while 3 million rows are drawn: one line, 130 / 143.
+
+    "data" waits until torch's library is mapped (the job's imports are under way or done) and
+    a second more, inside the drawing of a dataset that takes several seconds to make.
+    """
+    folder = base / f"early-{phase}"
+    command = [sys.executable, "run.py", f"hydra.run.dir={folder}", "dataset=regression"]
+    command += ["dataset.n_samples=3000000", "trainer.max_epochs=1"]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=ffn_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    if phase == "imports":
+        time.sleep(0.3)
+    else:
+        deadline = time.time() + 60
+        while not _torch_loaded(proc.pid) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+    assert proc.poll() is None, "the job ended before the signal"
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    one_line(subprocess.CompletedProcess(command, proc.returncode, stdout, stderr), code)
+    assert "before training started" in stderr
+    left = [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+    assert left == []  # no metrics.json that says "running" forever, no half a run
