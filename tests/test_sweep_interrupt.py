@@ -25,9 +25,11 @@ LONG = (*TINY, "dataset=digits", "trainer.checkpoint_every=5", "trainer.progress
 
 
 def start(sweep: Path, *overrides: str) -> subprocess.Popen:
+    """The sweep in a process group of its own, as a terminal runs it (Ctrl-C: the whole group)."""
     return subprocess.Popen(
         [sys.executable, "run.py", "-m", *overrides, f"hydra.sweep.dir={sweep}"],
         cwd=ROOT, env=ffn_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )  # fmt: skip
 
 
@@ -108,7 +110,16 @@ def test_the_same_sweep_with_resume_auto_continues_it(basic) -> None:
     assert len(rows) == 3
 
 
-def test_sigterm_to_a_joblib_sweep_leaves_no_worker_training(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "to_group"),
+    [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)],
+    ids=["sigterm-to-the-sweep", "ctrl-c-to-the-process-group"],
+)
+def test_a_signal_to_a_joblib_sweep_leaves_no_worker_training(
+    tmp_path: Path, signum: int, code: int, to_group: bool
+) -> None:
+    """SIGTERM to the sweep alone (a scheduler), or SIGINT to every process (a terminal's Ctrl-C,
+    which used to hang the sweep for minutes)."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
     proc = start(
@@ -117,9 +128,13 @@ def test_sigterm_to_a_joblib_sweep_leaves_no_worker_training(tmp_path: Path) -> 
     )  # fmt: skip
     wait_for(lambda: checkpointed(sweep / "0") and checkpointed(sweep / "1"), proc)
     workers = children(proc.pid)
-    proc.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-3000:]
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err
     assert [status(sweep / str(n)) for n in range(2)] == ["interrupted"] * 2
     assert not any((sweep / str(n) / "metrics.json").exists() for n in (2, 3))
     assert "not run: trainer.seed=2" in err and "not run: trainer.seed=3" in err
