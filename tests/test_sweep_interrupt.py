@@ -110,6 +110,21 @@ def test_the_same_sweep_with_resume_auto_continues_it(basic) -> None:
     assert len(rows) == 3
 
 
+def test_ctrl_c_to_a_basic_sweep_checkpoints_summarises_and_names_the_rest(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    proc = start(sweep, *LONG, "trainer.max_epochs=2000", "trainer.seed=0,1")
+    wait_for(lambda: checkpointed(sweep / "0"), proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole group
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert status(sweep / "0") == "interrupted"
+    assert (sweep / "0" / "checkpoints" / "last.pt").exists()
+    assert not (sweep / "1" / "metrics.json").exists()
+    assert "not run: trainer.seed=1" in err
+    assert "not run: trainer.seed=1" in (sweep / "summary.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("signum", "code", "to_group"),
     [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)],
