@@ -34,7 +34,13 @@ from omegaconf import DictConfig
 
 from ffn import run_record
 from ffn.report import Summary, to_markdown, write_report, written_files
-from ffn.sweep_guard import SweepFolder, interrupted_report, jobs_not_run
+from ffn.sweep_guard import (
+    SweepFolder,
+    basic_sweep_grid,
+    interrupted_report,
+    jobs_not_run,
+    sweep_overrides,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,18 +162,12 @@ def sweep_plan(multirun_yaml: Path) -> tuple[int | None, set[str]]:
     try:
         sweep = OmegaConf.load(multirun_yaml)
         sweeper = sweep.hydra.sweeper
-        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parsed = OverridesParser.create().parse_overrides([*params, *sweep.hydra.overrides.task])
-        # a later override of a key replaces an earlier one, as the sweeper does
-        last = {o.key_or_group: o for o in parsed}
-        swept = {key for key, o in last.items() if o.is_sweep_override()}
+        params, task = sweeper.get("params"), sweep.hydra.overrides.task
+        parsed = sweep_overrides(params, task)
+        swept = {key for key, o in parsed.items() if o.is_sweep_override()}
         if "n_trials" in sweeper:
             return int(sweeper.n_trials), swept
-        batches = BasicSweeper.split_arguments(list(last.values()), None)
-        return sum(len(batch) for batch in batches), swept
+        return len(basic_sweep_grid(params, task)), swept
     except Exception:  # a progress line is not worth failing a job for
         return None, set()
 

@@ -82,19 +82,33 @@ def holds_sweep(folder: Path) -> bool:
     return any(run_record.has_record(p) for p in folder.iterdir() if p.is_dir())
 
 
+def sweep_overrides(params: Any, task_overrides: Any) -> dict[str, Any]:
+    """key -> its parsed override, from hydra.sweeper.params and the command line's overrides.
+
+    A later override of a key replaces an earlier one, as the sweeper's own split_arguments does;
+    `.is_sweep_override()` says which keys are swept. Raises on a syntax Hydra's parser refuses.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    arguments = [f"{k}={v}" for k, v in (params or {}).items()] + list(task_overrides)
+    return {o.key_or_group: o for o in OverridesParser.create().parse_overrides(arguments)}
+
+
+def basic_sweep_grid(params: Any, task_overrides: Any) -> list[list[str]]:
+    """The basic sweeper's jobs, each as its overrides, in the order it runs them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    overrides = list(sweep_overrides(params, task_overrides).values())
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
 def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     """Every job's overrides under the basic sweeper; None for sweepers that choose as they go."""
     if "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
         return None
     try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-        arguments = [f"{k}={v}" for k, v in params.items()]
-        arguments += list(config.hydra.overrides.task)
-        overrides = OverridesParser.create().parse_overrides(arguments)
-        return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        return basic_sweep_grid(params, config.hydra.overrides.task)
     except Exception:  # a sweep syntax this cannot expand (glob): the count is unknown
         return None
 
