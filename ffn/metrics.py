@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from ffn.functions import linear_forward, mse_forward, softmax_cross_entropy_forward
 from ffn.losses import loss_function
 from ffn.model import FeedForward
+
+if TYPE_CHECKING:
+    from ffn.penalties import Penalty
 
 
 def accuracy(logits: Tensor, target: Tensor) -> Tensor:
@@ -68,3 +73,39 @@ def formula_forward(model: FeedForward, x: Tensor) -> tuple[Tensor, list[Tensor]
         preactivations.append(z)
         h = act.forward(z, param)
     return linear_forward(h, out_weight, out_bias), preactivations
+
+
+def gradient_norm(model: FeedForward) -> Tensor:
+    """||grad||_2 over all parameters, as a 0-dim tensor."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+@torch.no_grad()
+def epoch_scalars(
+    model: FeedForward,
+    task: str,
+    penalty: Penalty,
+    penalised: list[Tensor],
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor] | None = None,
+) -> tuple[dict[str, Tensor], list[Tensor]]:
+    """An epoch's scalars as 0-dim tensors (no sync), and the train pass's pre-activations.
+
+    train/loss, train/{accuracy|r2}, train/penalty, train/objective, train/grad_norm, and with a
+    val part val/loss and val/{accuracy|r2}: what the runner and the estimators log each epoch.
+    """
+    score = metric_name(task)
+    train_m, _, preactivations = evaluate(model, *train, task)
+    pen = penalty.value(penalised).to(train_m["loss"])
+    scalars = {
+        "train/loss": train_m["loss"],
+        f"train/{score}": train_m[score],
+        "train/penalty": pen,
+        "train/objective": train_m["loss"] + pen,
+        "train/grad_norm": gradient_norm(model),
+    }
+    if val is not None:
+        val_m, _, _ = evaluate(model, *val, task)
+        scalars.update({"val/loss": val_m["loss"], f"val/{score}": val_m[score]})
+    return scalars, preactivations

@@ -42,7 +42,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from ffn.errors import ConfigError
-from ffn.metrics import evaluate, metric_name
+from ffn.metrics import epoch_scalars, evaluate, metric_name
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
 from ffn.step import check_smooth, lbfgs_step, train_step
@@ -376,20 +376,10 @@ class _FFNEstimator(BaseEstimator):
         """The runner's per-epoch records: scalars, per-layer diagnostics, histograms."""
         from ffn.run_logger import layer_diagnostics
 
-        score = metric_name(self._task)
-        train_m, _, preactivations = evaluate(self._model, x, t, self._task)
-        pen = penalty.value(penalised).to(train_m["loss"])
-        grads = [p.grad for p in self._model.parameters() if p.grad is not None]
-        scalars = {
-            "train/loss": train_m["loss"],
-            f"train/{score}": train_m[score],
-            "train/penalty": pen,
-            "train/objective": train_m["loss"] + pen,
-            "train/grad_norm": torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])),
-        }
-        if x_val is not None:
-            val_m, _, _ = evaluate(self._model, x_val, t_val, self._task)
-            scalars.update({"val/loss": val_m["loss"], f"val/{score}": val_m[score]})
+        val = None if x_val is None else (x_val, t_val)
+        scalars, preactivations = epoch_scalars(
+            self._model, self._task, penalty, penalised, (x, t), val
+        )
         layers = layer_diagnostics(self._model, preactivations)
         tensors = [*scalars.values(), *layers.values()]  # one host transfer for all of them
         values = torch.stack([v.detach().double() for v in tensors]).cpu().tolist()

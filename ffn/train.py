@@ -29,7 +29,7 @@ from ffn.data import Dataset, load_dataset
 from ffn.data.fingerprint import difference, fingerprint
 from ffn.errors import ConfigError
 from ffn.interrupt import StopFlag, stop_on_signals
-from ffn.metrics import evaluate, metric_name, weight_sparsity
+from ffn.metrics import epoch_scalars, evaluate, metric_name, weight_sparsity
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
 from ffn.progress import EpochBar, PhaseClock, SessionClock, run_timing, startup_seconds
@@ -118,12 +118,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def gradient_norm(model: FeedForward) -> Tensor:
-    """||grad||_2 over all parameters, as a 0-dim tensor."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def lbfgs_runner_step(cfg: DictConfig):
@@ -316,21 +310,17 @@ class Run:
 
     def log_epoch(self, logger: RunLogger, lr: float) -> dict[str, float]:
         """Evaluate and log the epoch just finished; returns its scalars on the host."""
-        s, score, data = self.state, self.score, self.data
+        s, data = self.state, self.data
         with self.clock("evaluation"):
-            train_m, _, preactivations = evaluate(self.model, data.x_train, data.y_train, self.task)
-            with torch.no_grad():
-                pen = self.penalty.value(self.penalised).to(train_m["loss"])
-            scalars = {
-                "train/loss": train_m["loss"],
-                f"train/{score}": train_m[score],
-                "train/penalty": pen,
-                "train/objective": train_m["loss"] + pen,
-                "train/grad_norm": gradient_norm(self.model),
-            }
-            if data.n_val:  # val_fraction=0: no val part, so no val/ scalars at all
-                val_m, _, _ = evaluate(self.model, data.x_val, data.y_val, self.task)
-                scalars.update({"val/loss": val_m["loss"], f"val/{score}": val_m[score]})
+            val = (data.x_val, data.y_val) if data.n_val else None  # val_fraction=0: no val/
+            scalars, preactivations = epoch_scalars(
+                self.model,
+                self.task,
+                self.penalty,
+                self.penalised,
+                (data.x_train, data.y_train),
+                val,
+            )
             layers = layer_diagnostics(self.model, preactivations)
             # One host transfer an epoch, for the scalars and the layers' diagnostics alike
             tensors = [*scalars.values(), *layers.values()]
