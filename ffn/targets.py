@@ -133,11 +133,18 @@ def check_ranges(group: str, kwargs: dict[str, Any]) -> None:
             raise ConfigError(f"{group}.{key}", kwargs[key], allowed)
 
 
-def build(group: str, node: DictConfig | dict[str, Any], runtime: Any) -> Any:
+def build(group: str, node: DictConfig | dict[str, Any], runtime: Any, eager: bool = False) -> Any:
     """`_target_(runtime, **keys)`: the optimizer around the parameters, the schedule around
-    the optimizer. Refusals, torch's own included, become one ConfigError."""
+    the optimizer. Refusals, torch's own included, become one ConfigError.
+
+    `eager`: a torch.optim optimizer that never imports torch._dynamo (ffn/eager_optim.py), for
+    runs that compile nothing."""
     target, kwargs = arguments(node)
     cls = target_class(group, target)
+    if eager:
+        from ffn.eager_optim import eager_class
+
+        cls = eager_class(cls)
     check_keywords(group, target, cls, kwargs)
     check_ranges(group, kwargs)
     try:
@@ -152,7 +159,8 @@ def check(cfg: DictConfig) -> None:
     """`validate`'s pass over optimizer and schedule: each built once on a throwaway parameter."""
     import torch  # here: `python run.py --help` imports ffn.config without torch
 
-    optimizer = build("optimizer", cfg.optimizer, [torch.zeros(1, requires_grad=True)])
+    # eager: a throwaway optimizer, built without importing torch._dynamo
+    optimizer = build("optimizer", cfg.optimizer, [torch.zeros(1, requires_grad=True)], eager=True)
     _, schedule = arguments(cfg.schedule)
     lr = optimizer.param_groups[0]["lr"]
     if schedule.get("eta_min", 0) > lr:  # an "annealing" that raises the step size

@@ -161,7 +161,8 @@ class Run:
             self.penalty = Penalty(**OmegaConf.to_container(cfg.penalty, resolve=True))
             self.penalised = self.penalty.parameters(self.model)
             params = list(self.model.parameters())
-            self.optimizer = targets.build("optimizer", cfg.optimizer, params)
+            # eager (no torch._dynamo import) unless something is compiled
+            self.optimizer = targets.build("optimizer", cfg.optimizer, params, eager=not t.compile)
             self.schedule = targets.build("schedule", cfg.schedule, self.optimizer)
         self.order_gen = torch.Generator().manual_seed(t.seed)  # minibatch order, per epoch
         self.epoch_gen_state = self.order_gen.get_state()
