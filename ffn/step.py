@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ffn.eager_optim import eager_class
 from ffn.errors import ConfigError
 from ffn.functions import linear_backward, linear_forward
 from ffn.losses import loss_function, task_loss
@@ -82,7 +83,7 @@ _STEPPED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
 
 def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
     """torch.optim.SGD without momentum, weight decay or maximize: p <- p - lr grad."""
-    return type(optimizer) is torch.optim.SGD and all(
+    return type(optimizer) in (torch.optim.SGD, eager_class(torch.optim.SGD)) and all(
         not g["momentum"] and not g["weight_decay"] and not g["maximize"]
         for g in optimizer.param_groups
     )
