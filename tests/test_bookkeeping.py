@@ -165,14 +165,21 @@ def test_digits_file_is_load_digits() -> None:
 
 
 @pytest.mark.slow
-def test_the_default_dataset_imports_neither_sklearn_nor_scipy() -> None:
+def test_a_default_run_imports_no_dynamo_sklearn_or_scipy(tmp_path: Path) -> None:
+    """The default job (digits, Adam, cosine, histograms, figures, checkpoints), two epochs, in
+    a fresh process: torch.optim steps without torch._dynamo, digits loads without sklearn."""
     code = (
-        "import sys; from ffn.data import load_dataset; load_dataset({'name': 'digits'}, seed=0);"
-        "print(sorted(m for m in ('sklearn', 'scipy', 'matplotlib') if m in sys.modules))"
+        "import atexit, runpy, sys\n"
+        "heavy = ('sklearn', 'scipy', 'torch._dynamo')\n"
+        "atexit.register(lambda: print('LOADED', sorted(m for m in heavy if m in sys.modules)))\n"
+        f"sys.argv = ['run.py', 'trainer.max_epochs=2', 'hydra.run.dir={tmp_path}']\n"
+        "runpy.run_path('run.py', run_name='__main__')\n"
     )
     proc = run_python("-c", code, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "[]"
+    assert "LOADED []" in proc.stdout.splitlines()
+    assert (tmp_path / "figures" / "confusion_matrix.png").exists()
+    assert (tmp_path / "checkpoints" / "last.pt").exists()
 
 
 # ---------------------------------------------------------------- eval_every, timing, reuse
