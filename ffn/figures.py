@@ -1,12 +1,12 @@
-"""Matplotlib figures of a trained model: confusion matrix, predicted vs true, decision regions."""
+"""Matplotlib figures of a trained model: confusion matrix, predicted vs true, decision regions.
+
+Plain `Figure`s, not pyplot's: they are only saved (PNG and TensorBoard), never shown, so no
+window, backend or pyplot import is needed (pyplot costs ~0.1-0.2 s more of a run), and nothing
+has to be closed. `savefig(format="png")` renders through Agg.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # files and TensorBoard only: never open a window
-
-import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -19,7 +19,8 @@ def confusion_matrix_figure(logits: Tensor, target: Tensor, n_classes: int) -> F
     pred = logits.argmax(1).cpu()
     counts = torch.zeros(n_classes, n_classes, dtype=torch.int64)
     counts.index_put_((target.cpu(), pred), torch.ones_like(pred), accumulate=True)
-    fig, ax = plt.subplots(figsize=(1.6 + 0.45 * n_classes, 1.2 + 0.45 * n_classes))
+    fig = Figure(figsize=(1.6 + 0.45 * n_classes, 1.2 + 0.45 * n_classes))
+    ax = fig.subplots()
     ax.imshow(counts.numpy(), cmap="Blues")
     for (i, j), c in _cells(counts):
         ax.text(j, i, str(c), ha="center", va="center", fontsize=8)
@@ -38,7 +39,8 @@ def _cells(counts: Tensor) -> list[tuple[tuple[int, int], int]]:
 def predicted_vs_true_figure(pred: Tensor, target: Tensor) -> Figure:
     """Scatter of predictions against targets, one colour per output.  (n, M) each."""
     pred, target = pred.detach().cpu().double(), target.cpu().double()
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
     for m in range(pred.shape[1]):
         ax.scatter(target[:, m], pred[:, m], s=8, alpha=0.6, label=f"output {m}")
     low, high = float(min(pred.min(), target.min())), float(max(pred.max(), target.max()))
@@ -58,7 +60,8 @@ def decision_regions_figure(model: FeedForward, x: Tensor, y: Tensor, grid: int 
     mesh = torch.cartesian_prod(g0, g1)  # (grid^2, 2), second coordinate fastest
     param = next(model.parameters())
     classes = model(mesh.to(param)).argmax(1).reshape(grid, grid).T.cpu()
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
     ax.contourf(g0.numpy(), g1.numpy(), classes.numpy(), alpha=0.3, cmap="tab10")
     ax.scatter(xs[:, 0], xs[:, 1], c=y.cpu().numpy(), s=8, cmap="tab10", edgecolors="k", lw=0.2)
     ax.set(xlabel="x1", ylabel="x2", title="decision regions (test points)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -88,12 +89,11 @@ class RunLogger:
 
         Drawn once: the PNG that goes to the file is the image TensorBoard stores.
         """
-        import matplotlib.pyplot as plt
-
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
         width, height = (round(v) for v in fig.get_size_inches() * FIGURE_DPI)
-        plt.close(fig)
+        if "matplotlib.pyplot" in sys.modules:  # a pyplot figure (ffn's own are plain): free it
+            sys.modules["matplotlib.pyplot"].close(fig)
         png = buffer.getvalue()
         if save_to is not None:
             save_to.parent.mkdir(parents=True, exist_ok=True)

@@ -165,12 +165,13 @@ def test_digits_file_is_load_digits() -> None:
 
 
 @pytest.mark.slow
-def test_a_default_run_imports_no_dynamo_sklearn_or_scipy(tmp_path: Path) -> None:
+def test_a_default_run_imports_no_dynamo_sklearn_scipy_or_pyplot(tmp_path: Path) -> None:
     """The default job (digits, Adam, cosine, histograms, figures, checkpoints), two epochs, in
-    a fresh process: torch.optim steps without torch._dynamo, digits loads without sklearn."""
+    a fresh process: torch.optim steps without torch._dynamo, digits loads without sklearn,
+    the figures are drawn without pyplot."""
     code = (
         "import atexit, runpy, sys\n"
-        "heavy = ('sklearn', 'scipy', 'torch._dynamo')\n"
+        "heavy = ('sklearn', 'scipy', 'torch._dynamo', 'matplotlib.pyplot')\n"
         "atexit.register(lambda: print('LOADED', sorted(m for m in heavy if m in sys.modules)))\n"
         f"sys.argv = ['run.py', 'trainer.max_epochs=2', 'hydra.run.dir={tmp_path}']\n"
         "runpy.run_path('run.py', run_name='__main__')\n"
