@@ -12,8 +12,7 @@ from pathlib import Path
 # metrics.json `timing`, in the order a run goes through them (seconds, this session only)
 TIMING_PHASES = {
     "imports": "process start to this run: interpreter, imports, Hydra (0 in a sweep's later jobs)",
-    # validate builds the optimizer once, and torch.optim's first optimizer imports torch._dynamo
-    "validate": "checking the config before anything runs (with torch._dynamo's import, ~1 s)",
+    "validate": "checking the config before anything runs (it builds the optimizer once)",
     "data": "loading, splitting and scaling the dataset (0 when a sweep reuses it)",
     "build": "model, penalty, optimizer and schedule",
     "loop": "the training loop, all of it: steps, evaluation, logging and checkpoints",
