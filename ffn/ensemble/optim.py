@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ffn.eager_optim import eager_class
+
 # Flags a member's param group may hold with the batched step, and the values it handles.
 SUPPORTED_FLAGS = {"maximize": False, "amsgrad": False}
 # _target_ -> the state keys torch.optim keeps per parameter
@@ -25,15 +27,18 @@ BATCHED = {
 }
 
 
-def target_name(optimizer: torch.optim.Optimizer) -> str:
-    return f"torch.optim.{type(optimizer).__name__}"
+def target_name(optimizer: torch.optim.Optimizer) -> str | None:
+    """Its `_target_` among BATCHED (torch's class or its eager twin, ffn.eager_optim), or None."""
+    for target in BATCHED:
+        cls = getattr(torch.optim, target.rpartition(".")[2])
+        if type(optimizer) in (cls, eager_class(cls)):
+            return target
+    return None
 
 
 def supports(optimizer: torch.optim.Optimizer) -> bool:
     """Whether the batched step computes what this optimizer's own step would."""
-    if target_name(optimizer) not in BATCHED or type(optimizer).__module__.split(".")[0] != "torch":
-        return False
-    if len(optimizer.param_groups) != 1:
+    if target_name(optimizer) is None or len(optimizer.param_groups) != 1:
         return False
     group = optimizer.param_groups[0]
     return all(group.get(k, v) == v for k, v in SUPPORTED_FLAGS.items())
