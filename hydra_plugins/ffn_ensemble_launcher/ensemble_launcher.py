@@ -10,6 +10,7 @@ no group runs alone, as the basic launcher would run it. Discovered by Hydra in 
 # No `from __future__ import annotations`: Hydra's plugin scan runs this module before it is in
 # sys.modules, where a dataclass with string annotations cannot resolve them.
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +49,12 @@ class EnsembleLauncher(Launcher):
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        _refuse_unless_fit(config)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from ffn.ensemble.plan import check_config, plan
+        from ffn.ensemble.plan import plan
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -66,7 +68,7 @@ class EnsembleLauncher(Launcher):
             with open_dict(config):
                 config.hydra.job.id = idx
                 config.hydra.job.num = idx
-            check_config(config)  # what no ensemble can do: refused before any job runs
+            _refuse_unless_fit(config)
             configs.append(config)
         groups = plan(configs, self.max_members)
         log.info(
@@ -101,3 +103,16 @@ class EnsembleLauncher(Launcher):
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
+
+
+def _refuse_unless_fit(config: DictConfig) -> None:
+    """What no ensemble can train: one line and exit 2, before any job has run (the sweep
+    callback has claimed the sweep folder already, so this is not left to Hydra's report)."""
+    from ffn.ensemble.plan import check_config
+    from ffn.errors import ConfigError
+
+    try:
+        check_config(config)
+    except ConfigError as error:
+        print(f"ffn: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
