@@ -87,19 +87,28 @@ class Apply:
 
 
 def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """z = x W + b.  x: (n, d), weight: (d, H), bias: (H,) -> z: (n, H)."""
+    """z = x W + b.  x: (n, d), weight: (d, H), bias: (H,) -> z: (n, H).
+
+    Stacked (an ensemble's E members, ffn/ensemble): x: (E, n, d), weight: (E, d, H),
+    bias: (E, H) -> z: (E, n, H), each member's own formula in one baddbmm.
+    """
     if bias is None:
         return x @ weight
-    return torch.addmm(bias, x, weight)
+    if x.ndim == 2:
+        return torch.addmm(bias, x, weight)
+    return torch.baddbmm(bias.unsqueeze(-2), x, weight)
 
 
 def linear_backward(
     grad_z: Tensor, x: Tensor, weight: Tensor, need_x: bool = True, need_bias: bool = True
 ) -> tuple[Tensor | None, Tensor, Tensor | None]:
-    """dx = dz W^T, dW = x^T dz, db = sum_i dz_i.  grad_z: (n, H) -> (n, d), (d, H), (H,)."""
-    grad_x = grad_z @ weight.T if need_x else None
-    grad_w = x.T @ grad_z
-    grad_b = grad_z.sum(0) if need_bias else None
+    """dx = dz W^T, dW = x^T dz, db = sum_i dz_i.  grad_z: (n, H) -> (n, d), (d, H), (H,).
+
+    Stacked members: grad_z: (E, n, H) -> (E, n, d), (E, d, H), (E, H).
+    """
+    grad_x = grad_z @ weight.mT if need_x else None
+    grad_w = x.mT @ grad_z
+    grad_b = grad_z.sum(-2) if need_bias else None
     return grad_x, grad_w, grad_b
 
 
@@ -219,6 +228,7 @@ def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> tuple[Tenso
     """Mean cross-entropy of softmax(logits) through log-sum-exp, and the softmax itself.
 
     logits: (n, M), target: (n,) int64 labels in [0, M) -> loss: (), probs: (n, M).
+    Stacked members: logits (E, n, M), target (E, n) -> loss (E,) (each member's mean), probs.
     Unlike F.cross_entropy, label -100 is refused (out of bounds), not ignored; n = 0 gives NaN.
     """
     _check_labels(target)
@@ -228,21 +238,29 @@ def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> tuple[Tenso
     # (z - max) - log(sum(exp(z - max))) in one kernel, and nll_loss -(1/n) sum_i log_probs[i, y_i]
     # in one more: on a 2-16-2 net the five-kernel logsumexp and gather/mean/neg were a fifth of a
     # step. Only values come from them; the gradient is the hand-written (p - onehot) / n below.
-    log_probs = torch.log_softmax(logits, dim=1)
-    return F.nll_loss(log_probs, target, ignore_index=_NO_IGNORED_LABEL), log_probs.exp()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    if logits.ndim == 2:
+        return F.nll_loss(log_probs, target, ignore_index=_NO_IGNORED_LABEL), log_probs.exp()
+    per_row = F.nll_loss(  # (E n,): nll_loss takes (N, M) only
+        log_probs.flatten(0, -2), target.flatten(), ignore_index=_NO_IGNORED_LABEL, reduction="none"
+    )
+    return per_row.view(target.shape).mean(-1), log_probs.exp()
 
 
 def softmax_cross_entropy_backward(probs: Tensor, target: Tensor) -> Tensor:
-    """d loss / d logits = (softmax(z) - onehot(y)) / n.  probs: (n, M) -> (n, M)."""
-    n = target.shape[0]  # not len(): Tensor.__len__ is a Python-level wrapper
+    """d loss / d logits = (softmax(z) - onehot(y)) / n.  probs: (n, M) -> (n, M).
+
+    Stacked members: probs (E, n, M), target (E, n) -> (E, n M), each member's mean's gradient.
+    """
+    n = target.shape[-1]  # not len(): Tensor.__len__ is a Python-level wrapper
     scale = 1.0 / (n or 1)  # n = 0: an empty gradient, whatever the scale
-    index = target.unsqueeze(1)
+    index = target.unsqueeze(-1)
     # p / n, then -1 / n added at each label in place: two kernels, where indexing costs several.
     # scatter_ with a scalar has no derivative; when autograd records this (create_graph, for
     # second derivatives) scatter_add_ of a broadcast -1/n, a little slower, keeps it in the graph.
     if torch.is_grad_enabled():
-        return (probs * scale).scatter_add_(1, index, probs.new_full((), -scale).expand(n, 1))
-    return (probs * scale).scatter_(1, index, -scale, reduce="add")
+        return (probs * scale).scatter_add_(-1, index, probs.new_full((), -scale).expand_as(index))
+    return (probs * scale).scatter_(-1, index, -scale, reduce="add")
 
 
 def softmax_cross_entropy_jvp(dlogits: Tensor, probs: Tensor, target: Tensor) -> Tensor:
@@ -297,14 +315,19 @@ def _check_same_shape(pred: Tensor, target: Tensor) -> None:
 
 
 def mse_forward(pred: Tensor, target: Tensor) -> Tensor:
-    """(1/n) sum_i ||pred_i - target_i||^2.  pred, target: (n, M) -> (); n = 0 gives NaN."""
+    """(1/n) sum_i ||pred_i - target_i||^2.  pred, target: (n, M) -> (); n = 0 gives NaN.
+
+    Stacked members: pred, target (E, n, M) -> (E,).
+    """
     _check_same_shape(pred, target)
-    return (pred - target).square().sum() / pred.shape[0]
+    if pred.ndim == 2:
+        return (pred - target).square().sum() / pred.shape[0]
+    return (pred - target).square().sum((-2, -1)) / pred.shape[-2]
 
 
 def mse_backward(pred: Tensor, target: Tensor) -> Tensor:
-    """d l_n / d pred = 2 (pred - target) / n.  -> (n, M)."""
-    return (pred - target).mul_(2.0 / (pred.shape[0] or 1))  # n = 0: an empty gradient
+    """d l_n / d pred = 2 (pred - target) / n.  -> (n, M) (stacked members: (E, n, M))."""
+    return (pred - target).mul_(2.0 / (pred.shape[-2] or 1))  # n = 0: an empty gradient
 
 
 class MSEFunction(torch.autograd.Function):

@@ -383,6 +383,11 @@ def _signal_name(signum: int | None) -> str:
     return signal.Signals(signum).name if signum else "signal"
 
 
+# Called with every Run as soon as it is built, before it restores or trains: the ensemble
+# launcher (ffn/ensemble/group.py) takes its members' minibatch steps together from here.
+RUN_HOOKS: list[Callable[[Run], None]] = []
+
+
 def train(
     cfg: DictConfig,
     run_dir: Path,
@@ -400,6 +405,8 @@ def train(
     validate(cfg)
     validated = time.perf_counter() - started
     run = Run(cfg, run_dir)
+    for hook in RUN_HOOKS:
+        hook(run)
     run.clock.add("imports", startup)
     run.clock.add("validate", validated)
     if resume_from is not None:

@@ -1,0 +1,211 @@
+"""A group of jobs trained as one ensemble: each member runs its own basic-launcher job, whole.
+
+Every member is an ordinary Hydra job (Hydra's run_job, ffn.job.run_job, ffn.train.train: its
+folder, .hydra/, run.log, checks, resume, logging, stopping rules, checkpoints, record), run in
+its own greenlet. Its Run's minibatch step is the one thing taken from it (train.RUN_HOOKS): the
+step switches to the group, which, once every member waits on a step, takes them all as one
+batched step (`Stack`) and switches back to each in turn. A member whose stopping rule fires
+simply stops asking; the others go on, and the group ends when every job has returned.
+
+Between steps the stack is the members' parameters and optimizer state; at the end of each
+epoch (and on a signal) it is written back into each member's own model and torch.optim object,
+which its evaluation, checkpoints and stopping rules then read, exactly as a run alone would.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from greenlet import getcurrent, greenlet
+from hydra.core.hydra_config import HydraConfig
+from torch import Tensor
+
+from ffn import interrupt, train
+from ffn.ensemble.optim import StackedOptimizer
+from ffn.ensemble.stack import StackedNet, StackedPenalty
+from ffn.step import manual_gradients
+
+
+class Stack:
+    """The stacked parameters, optimizer state, penalty and training data of some members."""
+
+    def __init__(self, runs: Sequence[train.Run]) -> None:
+        self.runs = list(runs)
+        self.models = [r.model for r in runs]
+        self.member_params = [list(m.parameters()) for m in self.models]
+        self.net = StackedNet(self.models)
+        self.optimizers = [r.optimizer for r in runs]
+        self.optimizer = StackedOptimizer(
+            self.optimizers, self.member_params, self.net.parameters()
+        )
+        self.penalty = StackedPenalty([r.penalty for r in runs], self.net)
+        self.task = runs[0].task
+        data = [r.data for r in runs]
+        self.shared = all(d is data[0] for d in data)  # one seed: the same tensors
+        if self.shared:
+            self.x, self.y = data[0].x_train, data[0].y_train
+        else:  # each seed its own split (and, for generated sets, its own data): (E, n, ...)
+            self.x = torch.stack([d.x_train for d in data])
+            self.y = torch.stack([d.y_train for d in data])
+        self.rows = torch.arange(len(runs), device=self.x.device).unsqueeze(1)
+        self._orders: list[Tensor] = []  # the epoch's permutations, held: their stack is cached
+        self._stacked_orders: Tensor | None = None
+        self.dirty = False  # stepped since the members were last written
+        self.lr_stale = False  # members' schedules may have stepped since lr was read
+
+    def minibatch(self, orders: Sequence[Tensor | None], start: int, size: int):
+        """Each member's rows order_e[start : start + size]: x (E, B, d), y (E, B[, M])."""
+        if orders[0] is None:  # full batch
+            if self.shared:
+                e = len(self.runs)
+                return self.x.expand(e, *self.x.shape), self.y.expand(e, *self.y.shape)
+            return self.x, self.y
+        if len(orders) != len(self._orders) or any(
+            a is not b for a, b in zip(orders, self._orders, strict=True)
+        ):
+            self._orders, self._stacked_orders = list(orders), torch.stack(list(orders))
+        idx = self._stacked_orders[:, start : start + size]
+        if self.shared:
+            return self.x[idx], self.y[idx]
+        return self.x[self.rows, idx], self.y[self.rows, idx]
+
+    def step(self, orders: Sequence[Tensor | None], start: int, size: int) -> Tensor:
+        """One train_step of every member: gradients, penalty, optimizer, prox. -> losses (E,)."""
+        if self.lr_stale:
+            self.optimizer.read_lr(self.optimizers)
+            self.lr_stale = False
+        x, y = self.minibatch(orders, start, size)
+        losses = manual_gradients(self.net, x, y, self.task)
+        self.penalty.add_gradient_()
+        self.optimizer.step()
+        self.penalty.proximal_step_(self.optimizer.lr)
+        self.dirty = True
+        return losses
+
+    def write_back(self) -> None:
+        """Into each member's model (values and gradients) and torch.optim object (state)."""
+        if self.dirty:
+            self.net.write_to(self.models)
+            self.optimizer.write_to(self.optimizers, self.member_params)
+            self.dirty, self.lr_stale = False, True
+
+
+class Member:
+    """One job of the group, in its own greenlet; its Run's step waits for the group's."""
+
+    def __init__(self, group: Group, launch: Callable[[], Any]) -> None:
+        self.group = group
+        self.greenlet = greenlet(launch)
+        self.run: train.Run | None = None
+        self.stop: interrupt.StopFlag | None = None
+        self.request: tuple[Tensor | None, int, int] | None = None  # (order, start, size)
+        self.context: tuple[Any, list[logging.Handler]] | None = None
+        self.result: Any = None
+
+    def adopt(self, run: train.Run) -> None:
+        """Take the Run's minibatches and step; learn its stop flag when it starts training."""
+        self.run = run
+        run.minibatches = self.minibatches
+        run.step = self.step
+        train_alone = run.train
+
+        def train_member(logger, stop):
+            self.stop = stop
+            return train_alone(logger, stop)
+
+        run.train = train_member
+
+    def minibatches(self, order: Tensor | None, batch: int, first: int):
+        """Run.minibatches' indices; the rows are gathered for all members at once."""
+        n = self.run.data.x_train.shape[0]
+        for i, start in enumerate(range(0, n, batch)):
+            if i < first:
+                continue
+            self.request = (order, start, min(batch, n - start))
+            yield i, None, None
+
+    def step(self, model, optimizer, penalty, x, y, task) -> Tensor:
+        """Wait for the group's batched step; returns this member's loss."""
+        if self.context is None:  # the job's Hydra config and log file, set up by now
+            self.context = (HydraConfig.instance().cfg, list(logging.root.handlers))
+        return self.group.loop.switch(self)
+
+    def resume(self, value: Any) -> None:
+        """Run the job until it waits on its next step, or returns (then `result` is set)."""
+        if self.context is not None:
+            self.group.hydra.cfg, logging.root.handlers = self.context[0], list(self.context[1])
+        self.request = None
+        out = self.greenlet.switch(value) if self.greenlet else self.greenlet.switch()
+        if self.greenlet.dead:
+            self.result, self.request = out, None
+
+    @property
+    def waiting(self) -> bool:
+        return not self.greenlet.dead and self.request is not None
+
+
+class Group:
+    """Jobs trained together: `run(launches)` returns what each launch returned, in order."""
+
+    def __init__(self) -> None:
+        self.members: list[Member] = []
+        self.stacks: dict[tuple[Member, ...], Stack] = {}
+        self.loop = getcurrent()
+        self.hydra = HydraConfig.instance()
+
+    def _adopt(self, run: train.Run) -> None:
+        for member in self.members:
+            if member.greenlet is getcurrent():
+                member.adopt(run)
+
+    def run(self, launches: Sequence[Callable[[], Any]]) -> list[Any]:
+        self.loop = getcurrent()
+        self.members = [Member(self, launch) for launch in launches]
+        handlers = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
+        train.RUN_HOOKS.append(self._adopt)
+        try:
+            for member in self.members:  # each job runs up to its first step (or its end)
+                member.resume(None)
+            while waiting := [m for m in self.members if m.waiting]:
+                for batch in _aligned(waiting):
+                    losses = self._step(batch).unbind(0)
+                    for member, loss in zip(batch, losses, strict=True):
+                        member.resume(loss)
+        finally:
+            train.RUN_HOOKS.remove(self._adopt)
+            for s, handler in handlers.items():  # each member restored its own, out of order
+                signal.signal(s, handler)
+        return [m.result for m in self.members]
+
+    def _step(self, batch: tuple[Member, ...]) -> Tensor:
+        stack = self.stacks.get(batch)
+        if stack is None:
+            for key in [k for k in self.stacks if set(k) & set(batch)]:
+                self.stacks.pop(key).write_back()
+            stack = self.stacks[batch] = Stack([m.run for m in batch])
+        orders = [m.request[0] for m in batch]
+        _, start, size = batch[0].request
+        losses = stack.step(orders, start, size)
+        epoch_ends = start + size == batch[0].run.data.x_train.shape[0]
+        if interrupt.PENDING:  # a signal: every member checkpoints after this step
+            for stack_ in self.stacks.values():
+                stack_.write_back()
+            for member in self.members:
+                if member.stop is not None and not member.stop:
+                    member.stop.signum = interrupt.PENDING.signum
+        elif epoch_ends:  # the members evaluate, log, checkpoint and decide whether to stop
+            stack.write_back()
+        return losses
+
+
+def _aligned(waiting: list[Member]) -> list[tuple[Member, ...]]:
+    """The waiting members by minibatch (start, size, full batch): each one batched step."""
+    by_position: dict[tuple[int, int, bool], list[Member]] = {}
+    for member in waiting:
+        order, start, size = member.request
+        by_position.setdefault((start, size, order is None), []).append(member)
+    return [tuple(members) for members in by_position.values()]

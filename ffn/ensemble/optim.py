@@ -1,0 +1,196 @@
+"""torch.optim's SGD, Adam and AdamW over stacked members, each with its own hyperparameters.
+
+The arithmetic is torch.optim's single-tensor step (torch/optim/sgd.py, adam.py), written once
+over (E, ...) tensors with an (E, 1, ...) column per hyperparameter; tests/test_ensemble.py
+checks it member by member against torch.optim itself. Each member's own torch.optim object
+stays the home of its hyperparameters (its LR schedule steps it) and of its state as a
+checkpoint stores it: `StackedOptimizer` reads both from it and `write_to` puts the state back,
+in torch.optim's own format, so a member's checkpoint resumes on the basic launcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ffn.eager_optim import eager_class
+
+# Flags a member's param group may hold with the batched step, and the values it handles.
+SUPPORTED_FLAGS = {"maximize": False, "amsgrad": False}
+# _target_ -> the state keys torch.optim keeps per parameter
+BATCHED = {
+    "torch.optim.SGD": ("momentum_buffer",),
+    "torch.optim.Adam": ("step", "exp_avg", "exp_avg_sq"),
+    "torch.optim.AdamW": ("step", "exp_avg", "exp_avg_sq"),
+}
+
+
+def target_name(optimizer: torch.optim.Optimizer) -> str | None:
+    """Its `_target_` among BATCHED (torch's class or its eager twin, ffn.eager_optim), or None."""
+    for target in BATCHED:
+        cls = getattr(torch.optim, target.rpartition(".")[2])
+        if type(optimizer) in (cls, eager_class(cls)):
+            return target
+    return None
+
+
+def supports(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the batched step computes what this optimizer's own step would."""
+    if target_name(optimizer) is None or len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    return all(group.get(k, v) == v for k, v in SUPPORTED_FLAGS.items())
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype torch.optim keeps Adam's `step` in (torch.optim.optimizer._get_scalar_dtype)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class StackedOptimizer:
+    """One optimizer step for E members over stacked parameters [(E, ...)]."""
+
+    def __init__(
+        self,
+        optimizers: Sequence[torch.optim.Optimizer],
+        members_params: Sequence[Sequence[Tensor]],
+        stacked: Sequence[Tensor],
+    ) -> None:
+        kind = {target_name(o) for o in optimizers}
+        if len(kind) != 1 or not all(supports(o) for o in optimizers):
+            raise ValueError(f"no batched step for {sorted(kind)}")
+        self.kind = kind.pop()
+        self.params = list(stacked)
+        groups = [o.param_groups[0] for o in optimizers]
+        self.nesterov = {bool(g.get("nesterov", False)) for g in groups}
+        if len(self.nesterov) != 1:
+            raise ValueError("an ensemble's members share optimizer.nesterov")
+        self.nesterov = self.nesterov.pop()
+        like = self.params[0]
+        self.hyper = {
+            key: torch.tensor(
+                [float(g[key]) for g in groups], dtype=torch.float64, device=like.device
+            )
+            for key in ("weight_decay", "momentum", "dampening", "eps")
+            if key in groups[0]
+        }
+        if "betas" in groups[0]:
+            betas = torch.tensor([list(g["betas"]) for g in groups], dtype=torch.float64)
+            self.hyper["beta1"], self.hyper["beta2"] = betas.to(like.device).unbind(1)
+        self.lr = self.read_lr(optimizers)
+        self.state = self._gather_state(optimizers, members_params)
+
+    def read_lr(self, optimizers: Sequence[torch.optim.Optimizer]) -> Tensor:
+        """Each member's current lr (its schedule sets it), (E,) float64."""
+        self.lr = torch.tensor(
+            [float(o.param_groups[0]["lr"]) for o in optimizers],
+            dtype=torch.float64,
+            device=self.params[0].device,
+        )
+        return self.lr
+
+    def _column(self, values: Tensor, like: Tensor) -> Tensor:
+        """(E,) float64 -> (E, 1, ...) in `like`'s dtype (torch.optim casts its scalars so)."""
+        return values.view(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+    # --- state: read from and written back to the members' torch.optim objects --------------
+
+    def _gather_state(self, optimizers, members_params) -> dict[str, list[Tensor]]:
+        """Stacked state per key; a member without state yet gets torch's lazy initial one."""
+        keys = BATCHED[self.kind]
+        self.started = torch.tensor(  # per member: whether it has taken a step already
+            [bool(o.state.get(ps[0])) for o, ps in zip(optimizers, members_params, strict=True)]
+        )
+        if self.kind == "torch.optim.SGD" and not self.hyper["momentum"].any():
+            return {}
+        state: dict[str, list[Tensor]] = {k: [] for k in keys}
+        for i, p in enumerate(self.params):
+            for key in keys:
+                slices = []
+                for o, ps in zip(optimizers, members_params, strict=True):
+                    own = o.state.get(ps[i], {}).get(key)
+                    if key == "step":
+                        slices.append(torch.tensor(0.0 if own is None else float(own)))
+                    else:
+                        slices.append(torch.zeros_like(p[0]) if own is None else own)
+                stacked = torch.stack(slices).to(device=p.device)
+                state[key].append(stacked.double() if key == "step" else stacked.to(p.dtype))
+        return state
+
+    @torch.no_grad()
+    def write_to(self, optimizers, members_params) -> None:
+        """Each member's torch.optim state := its slice, in torch.optim's own format."""
+        for e, (o, ps) in enumerate(zip(optimizers, members_params, strict=True)):
+            o._opt_called = True  # what its first step() tells an LR schedule (it has stepped)
+            if (
+                not self.state
+                or not bool(self.started[e])
+                or o.param_groups[0].get("momentum") == 0
+            ):
+                continue  # torch.optim keeps no state yet, or none for SGD without momentum
+            for i, p in enumerate(ps):
+                entry = {}
+                for key, values in self.state.items():
+                    if key == "step":
+                        entry[key] = torch.tensor(float(values[i][e]), dtype=_scalar_dtype())
+                    else:
+                        entry[key] = values[i][e].clone()
+                o.state[p] = entry
+
+    # --- the step ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Every member's torch.optim step, at once; p.grad of each stacked p is read."""
+        if self.kind == "torch.optim.SGD":
+            self._sgd()
+        else:
+            self._adam(decoupled=self.kind == "torch.optim.AdamW")
+        self.started.fill_(True)
+
+    def _sgd(self) -> None:
+        h = self.hyper
+        momentum = self.state.get("momentum_buffer")
+        for i, p in enumerate(self.params):
+            grad = p.grad
+            if h["weight_decay"].any():
+                grad = grad + self._column(h["weight_decay"], p) * p
+            if momentum is not None:
+                first = self._column(~self.started, p).bool()
+                m = self._column(h["momentum"], p)
+                buf = momentum[i]
+                # torch: the first step's buffer is the gradient itself, then m buf + (1 - d) g
+                buf.copy_(
+                    torch.where(first, grad, buf * m + self._column(1 - h["dampening"], p) * grad)
+                )
+                uses = self._column(h["momentum"] != 0, p).bool()  # momentum 0: no buffer used
+                step = grad + m * buf if self.nesterov else buf
+                grad = torch.where(uses, step, grad)
+            p.sub_(self._column(self.lr, p) * grad)
+
+    def _adam(self, decoupled: bool) -> None:
+        h, s = self.hyper, self.state
+        steps = s["step"][0] + 1  # every parameter of a member has taken the same steps
+        bias1 = 1 - h["beta1"] ** steps
+        bias2_sqrt = (1 - h["beta2"] ** steps) ** 0.5
+        step_size = self.lr / bias1
+        for i, p in enumerate(self.params):
+            s["step"][i].copy_(steps)
+            grad = p.grad
+            if h["weight_decay"].any():
+                wd = self._column(h["weight_decay"], p)
+                if decoupled:
+                    p.mul_(1 - self._column(self.lr * h["weight_decay"], p))
+                else:
+                    grad = grad + wd * p
+            exp_avg, exp_avg_sq = s["exp_avg"][i], s["exp_avg_sq"][i]
+            exp_avg.lerp_(grad, self._column(1 - h["beta1"], p))
+            exp_avg_sq.mul_(self._column(h["beta2"], p)).addcmul_(
+                grad, grad * self._column(1 - h["beta2"], p)
+            )
+            denom = (exp_avg_sq.sqrt() / self._column(bias2_sqrt, p)).add_(
+                self._column(h["eps"], p)
+            )
+            p.sub_(self._column(step_size, p) * exp_avg / denom)

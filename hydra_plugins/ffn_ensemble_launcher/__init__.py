@@ -1,0 +1,1 @@
+"""ffn's `hydra/launcher=ensemble`: a sweep's compatible jobs trained as one batched network."""

@@ -1,0 +1,154 @@
+"""The ensemble's batched mathematics, member by member against the single run's (float64).
+
+Gradients: ffn.step.manual_gradients on a StackedNet (each member its own minibatch) against
+manual_gradients and autograd on each member alone. Optimizers: StackedOptimizer against each
+member's own torch.optim object, with the penalty's gradient and proximal step in between.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ffn.activations import ACTIVATIONS
+from ffn.ensemble.optim import StackedOptimizer
+from ffn.ensemble.stack import StackedNet, StackedPenalty
+from ffn.model import FeedForward
+from ffn.penalties import Penalty
+from ffn.step import autograd_gradients, manual_gradients
+
+E, N, D, M = 3, 7, 4, 3
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+def members(activation: str, hidden=(5, 4), bias: bool = True) -> list[FeedForward]:
+    return [
+        FeedForward(
+            D, list(hidden), M, activation=activation, bias=bias, seed=s, dtype=torch.float64
+        )
+        for s in range(E)
+    ]
+
+
+def member_data(task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(E, N, D, generator=g, dtype=torch.float64)
+    if task == "classification":
+        return x, torch.randint(0, M, (E, N), generator=g)
+    return x, torch.randn(E, N, M, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_stacked_gradients_equal_each_member_alone(name: str, task: str, one_thread) -> None:
+    models = members(name)
+    x, y = member_data(task)
+    net = StackedNet(models)
+    losses = manual_gradients(net, x, y, task)
+    for e, model in enumerate(models):
+        loss = manual_gradients(model, x[e], y[e], task)
+        torch.testing.assert_close(losses[e], loss, **TOL)
+        twin = model.with_backend("autograd")
+        autograd_gradients(twin, x[e], y[e], task)
+        for p, q, s in zip(model.parameters(), twin.parameters(), net.parameters(), strict=True):
+            torch.testing.assert_close(s.grad[e], p.grad, **TOL)
+            torch.testing.assert_close(s.grad[e], q.grad, **TOL)
+
+
+def test_stacked_gradients_without_bias_and_single_neuron(one_thread) -> None:
+    for hidden, bias in (((5,), False), ((), True)):
+        models = members("tanh", hidden, bias)
+        x, y = member_data("classification")
+        net = StackedNet(models)
+        manual_gradients(net, x, y, "classification")
+        for e, model in enumerate(models):
+            manual_gradients(model, x[e], y[e], "classification")
+            for p, s in zip(model.parameters(), net.parameters(), strict=True):
+                torch.testing.assert_close(s.grad[e], p.grad, **TOL)
+
+
+OPTIMIZERS = [
+    (torch.optim.SGD, [{"lr": 0.1}, {"lr": 0.03}, {"lr": 0.3}]),
+    (
+        torch.optim.SGD,
+        [
+            {"lr": 0.1, "momentum": 0.9},
+            {"lr": 0.05, "momentum": 0.5, "dampening": 0.3, "weight_decay": 1e-2},
+            {"lr": 0.2, "momentum": 0.0},
+        ],
+    ),
+    (
+        torch.optim.SGD,
+        [{"lr": 0.1, "momentum": 0.9, "nesterov": True}] * 2
+        + [{"lr": 0.01, "momentum": 0.7, "nesterov": True}],
+    ),
+    (
+        torch.optim.Adam,
+        [
+            {"lr": 1e-2},
+            {"lr": 3e-3, "betas": (0.8, 0.99), "eps": 1e-6},
+            {"lr": 1e-2, "weight_decay": 0.1},
+        ],
+    ),
+    (
+        torch.optim.AdamW,
+        [{"lr": 1e-2}, {"lr": 3e-2, "weight_decay": 0.5}, {"lr": 1e-3, "betas": (0.5, 0.9)}],
+    ),
+]
+PENALTY_CASES = [
+    ("none", "proximal", [0.0] * E),
+    ("l2", "proximal", [0.0, 1e-2, 1e-1]),
+    ("l1", "proximal", [1e-3, 0.0, 1e-2]),
+    ("elastic_net", "subgradient", [1e-2, 1e-3, 0.0]),
+]
+
+
+@pytest.mark.parametrize("penalty", PENALTY_CASES, ids=[p[0] + "-" + p[1] for p in PENALTY_CASES])
+@pytest.mark.parametrize(
+    "case", OPTIMIZERS, ids=lambda c: str(c) if not isinstance(c, tuple) else None
+)
+def test_stacked_optimizer_steps_equal_torch_optim_per_member(case, penalty, one_thread) -> None:
+    """Five steps with a schedule's lr change in between and a write-back midway (a checkpoint)."""
+    cls, kwargs = case
+    name, method, lams = penalty
+    models, twins = members("relu"), members("relu")
+    optimizers = [cls(m.parameters(), **kw) for m, kw in zip(models, kwargs, strict=True)]
+    reference = [cls(m.parameters(), **kw) for m, kw in zip(twins, kwargs, strict=True)]
+    penalties = [Penalty(name=name, lam=lam, method=method) for lam in lams]
+    x, y = member_data("classification")
+    params = [list(m.parameters()) for m in models]
+    net = StackedNet(models)
+    stacked = StackedOptimizer(optimizers, params, net.parameters())
+    penalty = StackedPenalty(penalties, net)
+    for k in range(5):
+        if k == 3:  # a checkpoint and a new lr: write back, change lr, stack again
+            net.write_to(models)
+            stacked.write_to(optimizers, params)
+            for o, r in zip(optimizers, reference, strict=True):
+                for group in (*o.param_groups, *r.param_groups):
+                    group["lr"] *= 0.5
+            net = StackedNet(models)
+            stacked = StackedOptimizer(optimizers, params, net.parameters())
+            penalty = StackedPenalty(penalties, net)
+        manual_gradients(net, x, y, "classification")
+        penalty.add_gradient_()
+        stacked.step()
+        penalty.proximal_step_(stacked.lr)
+        for e, (twin, opt, pen) in enumerate(zip(twins, reference, penalties, strict=True)):
+            manual_gradients(twin, x[e], y[e], "classification")
+            penalised = pen.parameters(twin)
+            pen.add_gradient_(penalised)
+            opt.step()
+            pen.proximal_step_(opt, penalised)
+    net.write_to(models)
+    stacked.write_to(optimizers, params)
+    for model, twin, opt, ref in zip(models, twins, optimizers, reference, strict=True):
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            torch.testing.assert_close(p, q, **TOL)
+        mine, theirs = opt.state_dict()["state"], ref.state_dict()["state"]
+        assert mine.keys() == theirs.keys()
+        for key, state in theirs.items():
+            assert mine[key].keys() == state.keys()
+            for k, v in state.items():
+                assert mine[key][k].dtype == v.dtype, k
+                torch.testing.assert_close(mine[key][k], v, **TOL)

@@ -1,0 +1,174 @@
+"""hydra/launcher=ensemble end to end: the same sweep on the ensemble and the basic launcher.
+
+One sweep of 8 jobs (lr x lam x seed, float64) runs once on each launcher (session fixtures):
+its members differ in lr, penalty.lam and trainer.seed, and include members that diverge, stop
+early (restoring the best weights) and run to max_epochs. Every member must end as the same job
+alone: status, stop reason, epochs and steps equal, final metrics and parameters within 1e-10
+relative; and both sweeps must leave the same files, TensorBoard tags and metrics.json keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_ffn
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing import event_accumulator
+
+pytestmark = pytest.mark.slow
+
+SWEEP = [
+    "-m",
+    "dataset=regression",
+    "dataset.n_samples=200",
+    "model=relu",
+    "model.hidden=[8]",
+    "optimizer=momentum",
+    "penalty=l1",
+    "optimizer.lr=0.05,1e4",  # 1e4: diverges in its first epoch
+    "penalty.lam=0,0.01",
+    "trainer.seed=0,1",
+    "trainer.dtype=float64",
+    "trainer.max_epochs=8",
+    "trainer.batch_size=16",
+    "trainer.early_stopping=2",  # two of the lr=0.05 members stop early, two run to the end
+    "trainer.histogram_every=3",
+    "trainer.checkpoint_every=2",
+    "trainer.progress=false",
+]
+JOBS = 8
+REL = 1e-10
+
+
+def sweep(folder: Path, *extra: str) -> Path:
+    done = run_ffn(*SWEEP, f"hydra.sweep.dir={folder}", *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+@pytest.fixture(scope="session")
+def basic_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sweep(tmp_path_factory.mktemp("basic") / "sweep")
+
+
+@pytest.fixture(scope="session")
+def ensemble_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sweep(tmp_path_factory.mktemp("ensemble") / "sweep", "hydra/launcher=ensemble")
+
+
+def record(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=REL, abs_tol=1e-12)
+
+
+def assert_same_tensors(mine: dict, theirs: dict) -> None:
+    assert mine.keys() == theirs.keys()
+    for key, value in theirs.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            torch.testing.assert_close(mine[key], value, rtol=REL, atol=1e-12, equal_nan=True)
+
+
+def test_every_member_ends_as_the_same_job_alone(basic_sweep: Path, ensemble_sweep: Path) -> None:
+    reasons = set()
+    for job in range(JOBS):
+        alone, member = record(basic_sweep / str(job)), record(ensemble_sweep / str(job))
+        for key in ("status", "stop_reason", "epochs", "steps"):
+            assert member[key] == alone[key], (job, key)
+        reasons.add(alone["stop_reason"])
+        assert member["metrics"].keys() == alone["metrics"].keys()
+        for key, value in alone["metrics"].items():
+            assert close(member["metrics"][key], value), (job, key, member["metrics"][key], value)
+        for name in ("last.pt", "best.pt"):
+            path = basic_sweep / str(job) / "checkpoints" / name
+            if not path.exists():
+                assert not (ensemble_sweep / str(job) / "checkpoints" / name).exists()
+                continue
+            mine = torch.load(ensemble_sweep / str(job) / "checkpoints" / name, weights_only=True)
+            theirs = torch.load(path, weights_only=True)
+            assert_same_tensors(mine["model"], theirs["model"])
+            if name == "last.pt":
+                assert mine["loop"]["epoch"] == theirs["loop"]["epoch"]
+                assert mine["optimizer"]["param_groups"] == theirs["optimizer"]["param_groups"]
+                for k, state in theirs["optimizer"]["state"].items():
+                    assert_same_tensors(mine["optimizer"]["state"][k], state)
+    assert reasons == {"diverged", "early_stopping", "max_epochs"}  # the sweep covers all three
+
+
+def files(folder: Path) -> set[str]:
+    """Every path under the folder, event files named by their folder only."""
+    names = set()
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        names.add(str(rel.parent / "EVENTS") if "tfevents" in path.name else str(rel))
+    return names
+
+
+def tags(folder: Path) -> set[tuple[str, str, str]]:
+    found = set()
+    for events in folder.rglob("events.out.tfevents.*"):
+        acc = event_accumulator.EventAccumulator(str(events.parent))
+        acc.Reload()
+        where = str(events.parent.relative_to(folder))
+        for kind, names in acc.Tags().items():
+            if isinstance(names, list):
+                found |= {(where, kind, name) for name in names}
+    return found
+
+
+def test_both_launchers_leave_the_same_files_tags_and_keys(
+    basic_sweep: Path, ensemble_sweep: Path
+) -> None:
+    assert files(ensemble_sweep) - {"multirun.yaml"} == files(basic_sweep) - {"multirun.yaml"}
+    for job in range(JOBS):
+        alone, member = basic_sweep / str(job), ensemble_sweep / str(job)
+        assert tags(member) == tags(alone), job
+        assert record(member).keys() == record(alone).keys()
+        assert record(member)["timing"].keys() == record(alone)["timing"].keys()
+        overrides = OmegaConf.load(member / ".hydra" / "overrides.yaml")
+        assert list(overrides) == list(OmegaConf.load(alone / ".hydra" / "overrides.yaml"))
+        assert "run folder" in (member / "run.log").read_text()
+    summary = (ensemble_sweep / "summary.csv").read_text()
+    assert summary.count("\n") == (basic_sweep / "summary.csv").read_text().count("\n")
+
+
+def test_a_member_checkpoint_resumes_alone_on_the_basic_launcher(ensemble_sweep: Path) -> None:
+    """A member that ran to max_epochs, extended by two epochs alone: an ordinary run folder."""
+    job = next(
+        j for j in range(JOBS) if record(ensemble_sweep / str(j))["stop_reason"] == "max_epochs"
+    )
+    folder = ensemble_sweep / str(job)
+    done = run_ffn(f"hydra.run.dir={folder}", "trainer.resume=true", "trainer.max_epochs=10")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert record(folder)["epochs"] == 10 and record(folder)["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.backend=autograd", "model.backend"),
+        ("trainer.compile=true", "trainer.compile"),
+        ("trainer.step=autograd", "trainer.step"),
+    ],
+)
+def test_what_no_ensemble_can_do_is_refused_in_one_line(tmp_path: Path, override, key) -> None:
+    done = run_ffn(
+        "-m",
+        "hydra/launcher=ensemble",
+        "dataset=iris",
+        "optimizer.lr=0.1,0.2",
+        override,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"ffn: error: invalid value for {key}: "), done.stderr[-2000:]
+    assert "hydra/launcher=basic" in lines[-1]

@@ -1,0 +1,45 @@
+"""Which jobs train together (ffn.ensemble.plan): composed with Hydra's compose API."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import ROOT
+from hydra import compose, initialize_config_dir
+
+from ffn.config import register_configs
+from ffn.ensemble.plan import group_key, plan
+
+
+def configs(*jobs: list[str]):
+    register_configs()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return [compose("config", overrides=job) for job in jobs]
+
+
+def test_numeric_hyperparameters_and_seeds_group_the_rest_splits() -> None:
+    jobs = configs(
+        ["optimizer.lr=0.1", "trainer.seed=0"],
+        ["optimizer.lr=0.01", "trainer.seed=1", "penalty=l2", "penalty.lam=0.1"],  # other kind
+        [
+            "optimizer.lr=0.3",
+            "trainer.seed=2",
+            "+optimizer.betas=[0.8,0.9]",
+            "trainer.max_epochs=3",
+        ],
+        ["model.hidden=[32]"],  # another architecture
+        ["optimizer=lbfgs"],  # no batched step: alone
+        ["+optimizer.amsgrad=true"],  # a flag the batched Adam lacks: alone
+        ["optimizer=sgd", "optimizer.lr=0.2"],
+        ["optimizer=sgd", "optimizer.lr=0.3", "schedule=step"],
+        ["penalty=l2", "penalty.lam=0.2"],
+    )
+    assert group_key(jobs[4]) is None and group_key(jobs[5]) is None
+    assert plan(jobs, max_members=128) == [[0, 2], [1, 8], [3], [4], [5], [6, 7]]
+    assert plan(jobs, max_members=1) == [[i] for i in range(len(jobs))]
+
+
+def test_max_members_caps_a_group() -> None:
+    jobs = configs(*[[f"optimizer.lr={lr}"] for lr in (0.1, 0.2, 0.3, 0.4, 0.5)])
+    assert plan(jobs, max_members=2) == [[0, 1], [2, 3], [4]]
+    with pytest.raises(Exception, match=r"hydra\.launcher\.max_members"):
+        plan(jobs, max_members=0)
