@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +43,24 @@ def run_python(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[
 def run_ffn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`python run.py ARGS` from the repository root."""
     return run_python("run.py", *args, timeout=timeout)
+
+
+def run_ffn_forked(
+    jobs: list[list[str]], timeout: float = 600
+) -> list[subprocess.CompletedProcess[str]]:
+    """`python run.py ARGS` for each ARGS, each a real process forked from one that did the
+    imports once (tests/forked_runs.py): for tables of refusals, which would pay them each."""
+    with tempfile.TemporaryDirectory(prefix="ffn-jobs-") as folder:
+        jobs_file, results_file = Path(folder) / "jobs.json", Path(folder) / "results.json"
+        jobs_file.write_text(json.dumps(jobs))
+        driver = str(ROOT / "tests" / "forked_runs.py")
+        proc = run_python(driver, str(jobs_file), str(results_file), timeout=timeout)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = json.loads(results_file.read_text())
+    return [
+        subprocess.CompletedProcess(["run.py", *args], r["returncode"], r["stdout"], r["stderr"])
+        for args, r in zip(jobs, results, strict=True)
+    ]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

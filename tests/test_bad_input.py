@@ -1,9 +1,12 @@
 """Bad input, end to end: each bad command line or data file is refused in one line.
 
-Every case runs `python run.py` in a subprocess and must end with a non-zero exit, exactly one
-line on stderr (`ffn: error: ...`) naming the key and the value, no traceback, and no run
-folder that looks like a successful run. The cases run once, two at a time, in a module
-fixture; the parametrized tests only read their results.
+Every case runs `python run.py` in a process of its own and must end with a non-zero exit,
+exactly one line on stderr (`ffn: error: ...`) naming the key and the value, no traceback, and
+no run folder that looks like a successful run. The cases run once, two at a time, in a module
+fixture; the parametrized tests only read their results. Most are forked from one process that
+imported run.py's modules once (helpers.run_ffn_forked: a second of imports a case saved); the
+cases in FRESH run as plain `python run.py`, so that the imports are covered too: a refusal by
+Hydra's composition, one by validate, one by the data.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_ffn
+from helpers import run_ffn, run_ffn_forked
 
 pytestmark = pytest.mark.slow
 
@@ -236,14 +239,16 @@ class Result:
         return template.format(data=self.data, run=self.run)
 
 
-def run_case(base: Path, case: Case) -> Result:
+FRESH = ("unknown_key", "lr_zero", "nan_in_csv")  # run as plain `python run.py`
+
+
+def case_arguments(base: Path, case: Case) -> list[str]:
+    """The case's command line, its folders made and prepared."""
     run = base / case.name / "run"
     run.parent.mkdir(parents=True)
     prepare_run_folder(case, run)
-    data = base / "data"
-    overrides = [o.format(data=data, run=run) for o in case.overrides]
-    proc = run_ffn(*QUICK, *overrides, f"hydra.run.dir={run}")
-    return Result(case, data, run, proc)
+    overrides = [o.format(data=base / "data", run=run) for o in case.overrides]
+    return [*QUICK, *overrides, f"hydra.run.dir={run}"]
 
 
 @pytest.fixture(scope="module")
@@ -251,14 +256,22 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
     base = tmp_path_factory.mktemp("bad_input")
     write_data(base / "data")
     todo = [case for case in CASES if case.skip is None]
-    with ThreadPoolExecutor(2) as pool:
-        done = pool.map(lambda case: run_case(base, case), todo)
-        return {result.case.name: result for result in done}
+    fresh = [case for case in todo if case.name in FRESH]
+    forked = [case for case in todo if case.name not in FRESH]
+    with ThreadPoolExecutor(1) as pool:  # the fresh processes, one at a time, beside the forked
+        plain = pool.map(lambda case: run_ffn(*case_arguments(base, case)), fresh)
+        procs = run_ffn_forked([case_arguments(base, case) for case in forked])
+        procs += list(plain)
+    return {
+        case.name: Result(case, base / "data", base / case.name / "run", proc)
+        for case, proc in zip(forked + fresh, procs, strict=True)
+    }
 
 
 def test_the_table_is_big_enough() -> None:
     assert len(CASES) >= 20
     assert len({case.name for case in CASES}) == len(CASES)
+    assert set(FRESH) <= {case.name for case in CASES}
 
 
 @pytest.mark.parametrize(
