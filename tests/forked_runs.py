@@ -30,12 +30,12 @@ def preload() -> None:
     """What a job imports, its lazy imports included, so that no child pays for them."""
     sys.path.insert(0, str(ROOT))
     import hydra  # noqa: F401
-    import torch.optim  # noqa: F401
+    import torch.optim
 
-    import ffn.cli_errors  # noqa: F401
-    import ffn.config  # noqa: F401
-    import ffn.data.load  # noqa: F401
-    import ffn.job  # noqa: F401
+    import ffn.cli_errors
+    import ffn.config
+    import ffn.data.load
+    import ffn.job
     import ffn.targets  # noqa: F401
 
     # Building any optimizer imports torch._dynamo (Optimizer.add_param_group is wrapped)
