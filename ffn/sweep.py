@@ -18,6 +18,7 @@ On joblib's launcher each job's torch threads are set so that n_jobs x threads f
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -70,6 +71,9 @@ class SummaryCallback(Callback):
         global ACTIVE
         self._folder = SweepFolder(config)  # one sweep per folder; signals end it cleanly
         ACTIVE = (self, config)
+        loader = _hydra_config_loader()
+        if loader is not None:
+            compose_each_job_once(loader)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._job_started = time.time()
@@ -125,6 +129,41 @@ def end_after_sweeper_error(error: BaseException) -> None:
     sweep_dir = config.hydra.sweep.dir
     print(f"ffn: error: the sweep in {sweep_dir} ended without a result: {first}", file=sys.stderr)
     sys.exit(1)
+
+
+def _hydra_config_loader() -> Any:
+    """The config loader of the Hydra app running in this process (the sweeper's), or None."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra_app = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    return getattr(hydra_app, "config_loader", None)
+
+
+def compose_each_job_once(loader: Any) -> None:
+    """One composition a job where Hydra's sweepers make two (`load_sweep_config`'s caller).
+
+    A sweeper composes every job of a batch to refuse a bad one before any runs
+    (`validate_batch_is_legal`), then its launcher composes each again to run it: 0.3-0.8 s a
+    job on a 2-core machine. Here the first call gets a copy (the validation drops it) and the
+    config itself is kept for the next call with the same overrides, the launcher's, once
+    (popped: the launcher sets hydra.job.id/num on it, and no one else holds it). A copy costs
+    a tenth of a composition, and whoever calls first, each caller gets a config of its own.
+    """
+    if getattr(loader.load_sweep_config, "composes_once", False):
+        return
+    compose = loader.load_sweep_config
+    composed: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+
+    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        key = (id(master_config), tuple(sweep_overrides))
+        if key in composed:
+            return composed.pop(key)
+        config = compose(master_config=master_config, sweep_overrides=sweep_overrides)
+        composed[key] = config
+        return copy.deepcopy(config)  # with the resolver cache: ${now:} resolves the same
+
+    load_sweep_config.composes_once = True  # type: ignore[attr-defined]
+    loader.load_sweep_config = load_sweep_config
 
 
 def progress_line(config: DictConfig) -> str:

@@ -19,7 +19,7 @@ from ffn import report, summary_plot
 from ffn.hparams import chosen_hparams, experiment_keys, headline_metrics
 from ffn.report import direction_for, load_run, read_event_files, summarize, write_report
 from ffn.run_logger import RunLogger
-from ffn.sweep import JobDiverged, hand_back
+from ffn.sweep import JobDiverged, compose_each_job_once, hand_back
 
 
 def fake_run(
@@ -211,6 +211,31 @@ def test_optuna_gets_a_failed_trial_for_nan() -> None:
 
 
 # ---------------------------------------------------------------------------- real multirun
+
+
+def test_each_job_is_composed_once_for_validation_and_launch() -> None:
+    """The sweeper's validation and the launcher share one composition; each gets its own."""
+    from omegaconf import OmegaConf
+
+    calls: list[tuple[str, ...]] = []
+
+    class Loader:
+        def load_sweep_config(self, master_config, sweep_overrides):
+            calls.append(tuple(sweep_overrides))
+            return OmegaConf.create({"lr": sweep_overrides[0], "job": {"num": None}})
+
+    loader, master = Loader(), OmegaConf.create({})
+    compose_each_job_once(loader)
+    compose_each_job_once(loader)  # a second sweep in the process: not wrapped twice
+    batch = [["lr=1"], ["lr=2"]]
+    checked = [loader.load_sweep_config(master, job) for job in batch]  # validate_batch_is_legal
+    launched = [loader.load_sweep_config(master, job) for job in batch]  # the launcher
+    assert calls == [("lr=1",), ("lr=2",)]
+    for first, second, job in zip(checked, launched, batch, strict=True):
+        assert first is not second and first == second and second.lr == job[0]
+    launched[0].job.num = 0  # what the launcher does: the next request composes afresh
+    again = loader.load_sweep_config(master, ["lr=1"])
+    assert calls[-1] == ("lr=1",) and again.job.num is None
 
 
 @pytest.mark.slow
