@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing import event_accumulator
 
-from ffn.run_record import read_record
+from ffn.run_record import EVENT_FOLDERS, read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results: begin (written by analyze.py) -->", "<!-- results: end -->"
@@ -60,11 +60,13 @@ def load_runs(sweep: Path) -> list[SweepJob]:
 
 def scalar_curve(run_dir: Path, tag: str) -> np.ndarray:
     """A TensorBoard scalar of the run, one value per step (epoch).  -> (n_steps,)."""
-    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    if tag not in acc.Tags()["scalars"]:
-        return np.array([])
-    return np.array([e.value for e in acc.Scalars(tag)])
+    # in one of the run's event folders, or in the run folder itself (runs before them)
+    for folder in (*(run_dir / name for name in EVENT_FOLDERS), run_dir):
+        acc = event_accumulator.EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            return np.array([e.value for e in acc.Scalars(tag)])
+    return np.array([])
 
 
 def sweep_minutes(sweep: Path) -> float:

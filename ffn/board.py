@@ -1,10 +1,11 @@
 """`ffn-board [PATH]`: TensorBoard on the newest sweep (or PATH), runs named by their swept values.
 
-TensorBoard is pointed at a view folder (a temporary folder, removed at exit) that holds one link
-per run, named by the values that vary between the runs shown (`lr=0.01,penalty=l1`), and the one
-HParams experiment record of those runs (ffn/hparams.py says why it cannot live in the runs): the
-keys the user chose as columns, varying ones ticked first, and the headline metrics, per-layer
-diagnostics left to Scalars. Nothing is written into the run folders.
+TensorBoard is pointed at a view folder (a temporary folder, removed at exit) that holds, per
+run, a link named by the values that vary between the runs shown (`lr=0.01,penalty=l1`) to the
+run's metrics/ event folder, and `diagnostics/<name>` to its diagnostics/ (ffn/run_logger.py's
+layout), and the one HParams experiment record of those runs (ffn/hparams.py says why it cannot
+live in the runs): the keys the user chose as columns, varying ones first, and the headline
+metrics in reading order (val/ first). Nothing is written into the run folders.
 
 TensorBoard's Scalars, Images and Histograms tabs tick no run when there are more than 40; the
 links printed at start tick every run (`runSelectionState` in the page's address).
@@ -28,12 +29,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ffn import run_record
 from ffn.hparams import HParamValue, experiment_summary, headline_metrics, read_session_hparams
 from ffn.report import find_run_dirs, load_run
 
 # The curves that matter, for the Scalars link (per-layer diagnostics stay one click away).
 SCALARS_FILTER = r"^(train|val|test)/(loss|accuracy|r2|objective)$"
 MAX_NAME = 200  # bytes a file name may hold, with room to spare
+DIAGNOSTICS_RUNS = "diagnostics"  # the view's folder of the runs' diagnostics/ links
 
 
 @dataclass
@@ -99,7 +102,9 @@ def build_view(root: Path, view: Path) -> list[BoardRun]:
     root = Path(root).resolve()
     runs = name_runs(find_run_dirs(root), root)
     for run in runs:
-        (view / run.name).symlink_to(run.path, target_is_directory=True)
+        for name, folder in event_folders(run).items():
+            (view / name).parent.mkdir(exist_ok=True)
+            (view / name).symlink_to(folder, target_is_directory=True)
     tags = set()
     for run in runs:
         record = load_run(run.path, root)
@@ -111,10 +116,22 @@ def build_view(root: Path, view: Path) -> list[BoardRun]:
     return runs
 
 
+def event_folders(run: BoardRun) -> dict[str, Path]:
+    """The view's TensorBoard runs of `run` -> the event folders they link to."""
+    metrics, diagnostics = (run.path / name for name in run_record.EVENT_FOLDERS)
+    if not metrics.is_dir():  # a run from before the two folders: its events are in itself
+        return {run.name: run.path}
+    folders = {run.name: metrics}
+    if diagnostics.is_dir():
+        folders[f"{DIAGNOSTICS_RUNS}/{run.name}"] = diagnostics
+    return folders
+
+
 def links(url: str, runs: Sequence[BoardRun]) -> dict[str, str]:
     """Page addresses: HParams, and Scalars with every run ticked and the headline tags."""
     # the dashboard keeps the run selection in its address as base64 of a JSON object
-    selection = json.dumps({run.name: True for run in runs}, separators=(",", ":"))
+    names = [name for run in runs for name in event_folders(run)]
+    selection = json.dumps(dict.fromkeys(names, True), separators=(",", ":"))
     selection = base64.b64encode(selection.encode()).decode()
     scalars = "#scalars&" + urllib.parse.urlencode(
         {"tagFilter": SCALARS_FILTER, "runSelectionState": selection},

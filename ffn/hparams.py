@@ -2,12 +2,17 @@
 
 TensorBoard's HParams plugin (backend_context.py) takes the first experiment record it finds
 under the logdir for its columns; without one it takes every session's hyperparameters as columns
-and every scalar tag under a session's folder as a metric. So a run writes no experiment record
-(two sweeps that swept different keys would each hide the other's columns), and its session holds
-only the keys the user chose (`chosen_hparams`): the union over every run is then a handful of
-columns, varying ones first. Per-layer diagnostics are scalars in the run folder, so only an
-experiment record can keep them out of the metric columns: `ffn-board` (ffn/board.py) writes
-one, over exactly the runs it shows (`experiment_summary`), with the headline metrics.
+(marking `differs` from their values, and listing those that differ first) and every scalar tag
+under a session's folder, subfolders included, as a metric. So a run writes no experiment record
+(two sweeps that swept different keys would each hide the other's columns); its session holds
+only the keys the user chose (`chosen_hparams`), and it sits in the run's metrics/ event folder
+with the headline scalars (HEADLINE_TAGS) alone, the rest in the sibling diagnostics/
+(ffn/run_logger.py). Plain `tensorboard --logdir outputs` then shows the chosen keys, those
+that vary first, and the headline metrics. Its page ticks the first five of each, whatever the
+data say (tf-hparams-query-pane: `Math.min(5, ...)`): with more than five varying keys the rest
+start unticked, and metrics come in name order (epochs, test/..., train/..., val/...).
+`ffn-board` (ffn/board.py) writes one experiment record, over exactly the runs it shows
+(`experiment_summary`), for the headline metrics in reading order, val/ first.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-from ffn.run_record import STATUSES
+from ffn.run_record import STATUSES, event_files
 
 HParamValue = bool | int | float | str
 
@@ -40,7 +45,9 @@ NOT_HPARAMS = (
     "trainer.histogram_every",
     "trainer.checkpoint_every",
 )
-# The HParams metric columns, in reading order: "{score}" is accuracy or r2, by task.
+# The HParams metric columns, in reading order: "{score}" is accuracy or r2, by task. Both
+# tasks in one logdir make 12. train/penalty is train/objective - train/loss: a Scalars curve
+# (diagnostics/), not a column; per-layer diagnostics, train/lr and train/grad_norm neither.
 HEADLINE_METRICS = (
     "val/loss",
     "val/{score}",
@@ -49,12 +56,14 @@ HEADLINE_METRICS = (
     "train/loss",
     "train/{score}",
     "train/objective",
-    "train/penalty",
     "train/sparsity",
     "epochs",
 )
 MAX_METRICS = 12  # more columns than a table can show side by side
 SCORES = ("accuracy", "r2")
+# Every headline tag of either task, in reading order: what a run logs beside its HParams
+# session (ffn/run_logger.py), so that TensorBoard alone finds no other metric.
+HEADLINE_TAGS = tuple(dict.fromkeys(m.format(score=s) for m in HEADLINE_METRICS for s in SCORES))
 
 
 def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
@@ -142,17 +151,9 @@ def chosen_hparams(
 
 
 def headline_metrics(tags: Iterable[str]) -> list[str]:
-    """The metric columns among `tags`, in HEADLINE_METRICS order, at most MAX_METRICS.
-
-    A dashboard over classification and regression runs has both scores; their train/ columns
-    make way when there are too many.
-    """
+    """The metric columns among `tags`, in HEADLINE_TAGS order (at most MAX_METRICS)."""
     present = set(tags)
-    wanted = [m.format(score=s) for m in HEADLINE_METRICS for s in SCORES]
-    shown = list(dict.fromkeys(m for m in wanted if m in present))
-    if len(shown) > MAX_METRICS:  # both tasks: neither train/ score, rather than one of them
-        shown = [m for m in shown if m not in ("train/accuracy", "train/r2")]
-    return shown[:MAX_METRICS]
+    return [tag for tag in HEADLINE_TAGS if tag in present]
 
 
 def experiment_summary(
@@ -196,7 +197,7 @@ def read_session_hparams(run_dir: Path) -> dict[str, HParamValue] | None:
     """The hyperparameters of the run's HParams session start record (None without one)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+    for path in event_files(run_dir):
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:
                 if value.tag != metadata.SESSION_START_INFO_TAG:

@@ -70,7 +70,7 @@ def holds_run(run_dir: Path) -> bool:
     return (
         run_record.has_record(run_dir)
         or _has_checkpoint(run_dir)
-        or any(run_dir.glob("events.out.tfevents.*"))
+        or bool(run_record.event_files(run_dir))
     )
 
 
@@ -81,7 +81,7 @@ def _has_checkpoint(run_dir: Path) -> bool:
 def _clear_stale(run_dir: Path) -> None:
     """trainer.resume=auto without a checkpoint: the partial run's record and curves go."""
     log.warning("%s holds no checkpoint to resume: starting afresh", run_dir)
-    for path in (*run_dir.glob("events.out.tfevents.*"), run_dir / run_record.METRICS_JSON):
+    for path in (*run_record.event_files(run_dir), run_dir / run_record.METRICS_JSON):
         path.unlink(missing_ok=True)
 
 

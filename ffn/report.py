@@ -31,7 +31,7 @@ import yaml
 
 from ffn import run_record
 
-EVENT_GLOB = "events.out.tfevents.*"
+EVENT_GLOB = run_record.EVENT_GLOB
 STATUSES = tuple(run_record.STATUSES)  # ranked in this order after the finished runs
 # Scalars a run logs every epoch that are not final metrics in metrics.json.
 NOT_METRICS = frozenset({"train/lr", "train/grad_norm"})
@@ -136,8 +136,10 @@ def find_run_dirs(root: Path) -> list[Path]:
     Hidden folders (.hydra, .submitit) are skipped; job numbers sort as numbers.
     """
     root = Path(root)
-    patterns = (run_record.METRICS_JSON, EVENT_GLOB)
-    found = {p.parent for pattern in patterns for p in root.rglob(pattern)}
+    found = {p.parent for p in root.rglob(run_record.METRICS_JSON)}
+    for path in root.rglob(EVENT_GLOB):  # run/metrics/events...: the run is run/
+        folder = path.parent
+        found.add(folder.parent if folder.name in run_record.EVENT_FOLDERS else folder)
     visible = [
         d for d in found if not any(part.startswith(".") for part in _relative(d, root).parts)
     ]
@@ -179,26 +181,26 @@ def read_event_files(path: Path) -> dict[str, Any] | None:
     Metrics are the last value of each train/val/test scalar; the status comes from the HParams
     session end (a failure whose last loss is not finite is `diverged`), `running` without one.
     """
-    if not any(Path(path).glob(EVENT_GLOB)):
+    path = Path(path)
+    # metrics/ (the HParams session) first, then diagnostics/ (train/penalty); older runs: path
+    folders = [path / name for name in run_record.EVENT_FOLDERS] + [path]
+    accumulators = [_scalars_of(folder) for folder in folders if any(folder.glob(EVENT_GLOB))]
+    if not accumulators:
         return None
-    from tensorboard.backend.event_processing import event_accumulator as ea
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-    acc = ea.EventAccumulator(
-        str(path),
-        size_guidance={ea.SCALARS: 0, ea.HISTOGRAMS: 1, ea.IMAGES: 1, ea.TENSORS: 1, ea.AUDIO: 1},
-    )
-    acc.Reload()
     metrics, epochs, times = {}, None, []
-    for tag in acc.Tags()[ea.SCALARS]:
-        events = acc.Scalars(tag)
-        if not events:
-            continue
-        times += [events[0].wall_time, events[-1].wall_time]
-        if tag == "train/loss":
-            epochs = max(e.step for e in events)
-        if _METRIC_TAG.match(tag) and tag not in NOT_METRICS:
-            metrics[tag] = float(events[-1].value)
+    for acc in accumulators:
+        for tag in acc.Tags()["scalars"]:
+            events = acc.Scalars(tag)
+            if not events:
+                continue
+            times += [events[0].wall_time, events[-1].wall_time]
+            if tag == "train/loss":
+                epochs = max(e.step for e in events)
+            if _METRIC_TAG.match(tag) and tag not in NOT_METRICS:
+                metrics[tag] = float(events[-1].value)
+    acc = accumulators[0]
     status = "running"
     try:
         end = acc.PluginTagToContent(metadata.PLUGIN_NAME).get(metadata.SESSION_END_INFO_TAG)
@@ -217,6 +219,18 @@ def read_event_files(path: Path) -> dict[str, Any] | None:
         "wall_time_s": round(max(times) - min(times), 3) if times else None,
         "metrics": metrics,
     }
+
+
+def _scalars_of(folder: Path) -> Any:
+    """TensorBoard's reader over one event folder: every scalar, one of everything else."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    acc = ea.EventAccumulator(
+        str(folder),
+        size_guidance={ea.SCALARS: 0, ea.HISTOGRAMS: 1, ea.IMAGES: 1, ea.TENSORS: 1, ea.AUDIO: 1},
+    )
+    acc.Reload()
+    return acc
 
 
 # ---------------------------------------------------------------------------- ranking

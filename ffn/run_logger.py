@@ -16,7 +16,13 @@ from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from ffn.hparams import HParamValue, session_end_summary, session_start_summary
+from ffn import run_record
+from ffn.hparams import (
+    HEADLINE_TAGS,
+    HParamValue,
+    session_end_summary,
+    session_start_summary,
+)
 from ffn.model import FeedForward
 
 if TYPE_CHECKING:
@@ -53,20 +59,49 @@ def _timed(phase: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 
 class RunLogger:
-    """One SummaryWriter in the run folder itself, so the HParams dashboard links to its curves."""
+    """A run's TensorBoard records, in two sibling event folders of the run folder.
+
+    TensorBoard's HParams plugin takes every scalar tag under a session's folder, subfolders
+    included, as a metric column (backend_context.py, `_compute_metric_names`): a session with
+    per-layer diagnostics beside it gets dead/layer_0, grad_norm/layer_1, ... as metrics. So the
+    session, the headline scalars (ffn.hparams.HEADLINE_TAGS), figures and the config go to
+    `metrics/`, and every other scalar and the histograms to `diagnostics/`, which no session's
+    folder holds: plain `tensorboard --logdir outputs` then shows the headline metrics only,
+    and Scalars still shows every curve (runs `<run>/metrics` and `<run>/diagnostics`).
+    """
 
     def __init__(self, log_dir: Path | str, purge_step: int | None = None) -> None:
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        self.run_dir = Path(log_dir)
+        self.purge_step = purge_step
+        # metrics/: the HParams session, headline scalars, figures, config
+        self.writer = SummaryWriter(
+            log_dir=str(self.run_dir / run_record.METRICS_EVENTS), purge_step=purge_step
+        )
+        self._diagnostics: SummaryWriter | None = None  # made at its first record
         self.closed = False
         self.seconds: dict[str, float] = {}  # logging, figures: what they cost a run
         self._in_call = False
 
+    @property
+    def diagnostics(self) -> SummaryWriter:
+        """diagnostics/: every other scalar, the histograms (made at first use)."""
+        if self._diagnostics is None:
+            folder = self.run_dir / run_record.DIAGNOSTICS_EVENTS
+            self._diagnostics = SummaryWriter(log_dir=str(folder), purge_step=self.purge_step)
+        return self._diagnostics
+
     @_timed("logging")
     def scalars(self, values: Mapping[str, float | Tensor], step: int) -> None:
-        """One event holding every value (what add_scalar writes, one event per tag, at once)."""
-        if values:
-            summary = [Summary.Value(tag=t, simple_value=float(v)) for t, v in values.items()]
-            self.writer.file_writer.add_summary(Summary(value=summary), step)
+        """One event a folder, holding its values (add_scalar writes one event per tag)."""
+        headline: list[Summary.Value] = []
+        others: list[Summary.Value] = []
+        for tag, value in values.items():
+            into = headline if tag in HEADLINE_TAGS else others
+            into.append(Summary.Value(tag=tag, simple_value=float(value)))
+        if headline:
+            self.writer.file_writer.add_summary(Summary(value=headline), step)
+        if others:
+            self.diagnostics.file_writer.add_summary(Summary(value=others), step)
 
     @_timed("logging")
     def histograms(self, model: FeedForward, preactivations: list[Tensor], step: int) -> None:
@@ -81,7 +116,7 @@ class RunLogger:
         protos = histogram_protos(present)
         if protos:
             summary = [Summary.Value(tag=tag, histo=proto) for tag, proto in protos.items()]
-            self.writer.file_writer.add_summary(Summary(value=summary), step)
+            self.diagnostics.file_writer.add_summary(Summary(value=summary), step)
 
     @_timed("figures")
     def figure(self, tag: str, fig: Figure, step: int, save_to: Path | None = None) -> None:
@@ -144,8 +179,10 @@ class RunLogger:
     @_timed("logging")
     def close(self) -> None:
         if not self.closed:
-            self.writer.flush()
-            self.writer.close()
+            for writer in (self.writer, self._diagnostics):
+                if writer is not None:
+                    writer.flush()
+                    writer.close()
             self.closed = True
 
 

@@ -10,7 +10,8 @@ reader (ffn.report, ffn.hparams, experiments/common.py), for
   name in the target's own folder, fsynced, then renamed over the target. Two writers never
   share a temporary file, a symlink planted in the folder is never followed, and a reader sees
   the old file or the new one, never half of one;
-- the run folder's lock (LOCK), held while a process writes the folder.
+- the run folder's lock (LOCK), held while a process writes the folder;
+- where its TensorBoard event files lie (EVENT_FOLDERS, `event_files`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ from typing import IO, Any
 METRICS_JSON = "metrics.json"
 HYDRA_RECORD = ".hydra"  # config.yaml, hydra.yaml, overrides.yaml: how the run was configured
 LOCK = ".ffn.lock"  # held (flock) by the process writing the folder; holds its pid
+
+# TensorBoard event folders of a run, siblings so that the HParams dashboard takes only the
+# headline curves as metrics (ffn/run_logger.py says why): the HParams session, the headline
+# scalars, figures and the config in METRICS_EVENTS; the rest (learning rate, gradient norm,
+# per-layer diagnostics, histograms) in DIAGNOSTICS_EVENTS. Runs from before this layout have
+# their event files in the run folder itself.
+METRICS_EVENTS = "metrics"
+DIAGNOSTICS_EVENTS = "diagnostics"
+EVENT_FOLDERS = (METRICS_EVENTS, DIAGNOSTICS_EVENTS)
+EVENT_GLOB = "events.out.tfevents.*"
 
 # status -> (what it means, the HParams dashboard's session status). Ranked in this order.
 STATUSES: dict[str, tuple[str, str]] = {
@@ -62,6 +73,13 @@ FIELDS: dict[str, str] = {
     "undefined": "split/name -> why the metric is undefined for this data",
     "continuations": "resumes that raised a stopping rule: [{epoch, changed: {key: [old, new]}}]",
 }
+
+
+def event_files(run_dir: Path) -> list[Path]:
+    """The run's TensorBoard event files: in its event folders (and in itself, older runs)."""
+    run_dir = Path(run_dir)
+    folders = [run_dir, *(run_dir / name for name in EVENT_FOLDERS)]
+    return [path for folder in folders for path in sorted(folder.glob(EVENT_GLOB))]
 
 
 # ---------------------------------------------------------------------------- writing

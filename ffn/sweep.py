@@ -256,7 +256,7 @@ def record_failure(run_dir: Path, job_return: JobReturn, wall_time_s: float) -> 
         kept = {k: v for k, v in record.items() if k in run_record.FIELDS and k != "status"}
         run_record.write_record(run_dir, "failed", **kept)
     # A run that failed before training has no event file yet: give it its hyperparameters.
-    started = any(run_dir.glob("events.out.tfevents.*"))
+    started = bool(run_record.event_files(run_dir))
     logger = RunLogger(run_dir)
     try:
         if not started and job_return.cfg is not None:

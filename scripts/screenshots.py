@@ -76,6 +76,19 @@ SORT_JS = """
   return 'ok';
 })()
 """
+# The columns the HParams page ticks, from its own state: {hparams: [names], metrics: [tags]}.
+TICKED_JS = """
+(() => {
+  const all = [];
+  const walk = n => { for (const e of n.querySelectorAll('*')) { all.push(e);
+    if (e.shadowRoot) walk(e.shadowRoot); } };
+  walk(document);
+  const pane = all.find(e => typeof e._queryServer === 'function' && '_sortByIndex' in e);
+  if (!pane || !pane._hparams || !pane._hparams.length || !pane._metrics) return null;
+  return {hparams: pane._hparams.filter(h => h.displayed).map(h => h.info.name),
+          metrics: pane._metrics.filter(m => m.displayed).map(m => m.info.name.tag)};
+})()
+"""
 # Every text node of the page, shadow roots included (what --dump-dom cannot see).
 TEXT_JS = """
 (() => {
@@ -214,7 +227,8 @@ def wait_for_runs(url: str, n: int, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + "/data/runs", timeout=10) as response:
-                if len(json.load(response)) >= n:
+                runs = [r for r in json.load(response) if not r.startswith("diagnostics/")]
+                if len(runs) >= n:
                     time.sleep(3)  # let the HParams plugin read the session records too
                     return
         except (urllib.error.URLError, OSError):
@@ -237,6 +251,17 @@ def take_hparams(chromium: Chromium, url: str, path: Path) -> str:
     time.sleep(4)  # the re-sorted table comes back from the server
     chromium.screenshot(path)
     return chromium.evaluate(TEXT_JS) or ""
+
+
+def ticked_columns(chromium: Chromium, url: str, timeout: int = 60) -> dict[str, list] | None:
+    """The HParams page's ticked columns once it has loaded (None if it never does)."""
+    chromium.open(url, 1900, 760)
+    for _ in range(timeout):
+        time.sleep(1)
+        ticked = chromium.evaluate(TICKED_JS)
+        if ticked:
+            return ticked
+    return None
 
 
 def take_scalars(chromium: Chromium, url: str, path: Path) -> None:

@@ -23,6 +23,8 @@ import pytest
 import torch
 from helpers import run_ffn, run_ffn_forked
 
+from ffn.run_record import event_files
+
 pytestmark = pytest.mark.slow
 
 # Quick settings, first: a case that sets one of these keys again wins (Hydra keeps the last)
@@ -306,6 +308,6 @@ def test_bad_input_is_refused_in_one_line(case: Case, results: dict[str, Result]
         assert json.loads(metrics.read_text())["status"] != "completed"
     if case.name != "not_a_checkpoint":
         assert not (run / "checkpoints").exists()
-    assert not list(run.glob("events.out.tfevents.*"))
+    assert not event_files(run)
     if case.name not in PREPARED:  # a refused command leaves no run folder at all
         assert not run.exists(), sorted(p.name for p in run.iterdir())

@@ -30,6 +30,7 @@ from ffn.metrics import evaluate
 from ffn.model import FeedForward
 from ffn.progress import TIMING_PHASES
 from ffn.run_logger import HISTOGRAM_BINS, RunLogger
+from ffn.run_record import DIAGNOSTICS_EVENTS, EVENT_FOLDERS, METRICS_EVENTS
 from ffn.train import Run, train
 
 
@@ -51,7 +52,7 @@ def test_histograms_read_back_with_the_same_tags_and_numpy_counts(tmp_path: Path
     logger = RunLogger(tmp_path)
     logger.histograms(model, [z], step=3)
     logger.close()
-    acc = read_events(tmp_path)
+    acc = read_events(tmp_path / DIAGNOSTICS_EVENTS)
     want = {
         "weights/layer_0": model.layers[0].weight,
         "weights/layer_1": model.layers[1].weight,
@@ -82,7 +83,7 @@ def test_a_constant_tensor_gets_numpys_unit_range(tmp_path: Path) -> None:
     logger = RunLogger(tmp_path)
     logger.histograms(model, [], step=1)
     logger.close()
-    (event,) = read_events(tmp_path).Histograms("weights/layer_0")
+    (event,) = read_events(tmp_path / DIAGNOSTICS_EVENTS).Histograms("weights/layer_0")
     counts, edges = np.histogram(np.full(4, 0.25), bins=HISTOGRAM_BINS)
     assert event.histogram_value.bucket == [0, *counts]
     np.testing.assert_allclose(event.histogram_value.bucket_limit, edges)
@@ -90,12 +91,16 @@ def test_a_constant_tensor_gets_numpys_unit_range(tmp_path: Path) -> None:
 
 def test_scalars_of_one_call_read_back_as_separate_tags(tmp_path: Path) -> None:
     logger = RunLogger(tmp_path)
-    logger.scalars({"train/loss": 0.5, "val/loss": torch.tensor(0.75)}, step=1)
-    logger.scalars({"train/loss": 0.25}, step=2)
+    logger.scalars({"train/loss": 0.5, "val/loss": torch.tensor(0.75), "train/lr": 0.1}, step=1)
+    logger.scalars({"train/loss": 0.25, "dead/layer_0": 0.5}, step=2)
     logger.close()
-    acc = read_events(tmp_path)
+    acc = read_events(tmp_path / METRICS_EVENTS)
     assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 0.5), (2, 0.25)]
     assert [(e.step, e.value) for e in acc.Scalars("val/loss")] == [(1, 0.75)]
+    # the rest beside, not under, the HParams session's folder: no metric columns of theirs
+    assert sorted(acc.Tags()["scalars"]) == ["train/loss", "val/loss"]
+    diagnostics = read_events(tmp_path / DIAGNOSTICS_EVENTS)
+    assert sorted(diagnostics.Tags()["scalars"]) == ["dead/layer_0", "train/lr"]
 
 
 def test_a_figure_is_drawn_once_into_file_and_tensorboard(tmp_path: Path) -> None:
@@ -106,7 +111,7 @@ def test_a_figure_is_drawn_once_into_file_and_tensorboard(tmp_path: Path) -> Non
     logger = RunLogger(tmp_path)
     logger.figure("figures/test", fig, step=4, save_to=tmp_path / "figures" / "test.png")
     logger.close()
-    (event,) = read_events(tmp_path).Images("figures/test")
+    (event,) = read_events(tmp_path / METRICS_EVENTS).Images("figures/test")
     png = (tmp_path / "figures" / "test.png").read_bytes()
     assert event.step == 4 and event.encoded_image_string == png
     assert (event.width, event.height) == (200, 150)
@@ -199,17 +204,20 @@ def quick_config(**trainer: object):
 def every_second_epoch(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("eval_every")
     cfg = quick_config(eval_every=2, histogram_every=1, checkpoint_every=0)
-    return train(cfg, folder), read_events(folder)
+    return train(cfg, folder), folder
 
 
 @pytest.mark.slow
 def test_eval_every_evaluates_every_nth_and_the_last_epoch(every_second_epoch) -> None:
-    result, acc = every_second_epoch
+    result, folder = every_second_epoch
     assert result.status == "completed" and result.epochs == 5
-    for tag in ("train/loss", "val/accuracy", "train/lr", "weight_norm/layer_0", "dead/layer_0"):
-        assert [e.step for e in acc.Scalars(tag)] == [2, 4, 5], tag
+    metrics, diagnostics = (read_events(folder / name) for name in EVENT_FOLDERS)
+    for tag in ("train/loss", "val/accuracy"):
+        assert [e.step for e in metrics.Scalars(tag)] == [2, 4, 5], tag
+    for tag in ("train/lr", "weight_norm/layer_0", "dead/layer_0"):
+        assert [e.step for e in diagnostics.Scalars(tag)] == [2, 4, 5], tag
     for tag in ("weights/layer_0", "preactivations/layer_0"):
-        assert [e.step for e in acc.Histograms(tag)] == [2, 4, 5], tag
+        assert [e.step for e in diagnostics.Histograms(tag)] == [2, 4, 5], tag
     assert np.isfinite(result.metrics["val/loss"])
 
 

@@ -27,6 +27,7 @@ from ffn.errors import ConfigError
 from ffn.hparams import HPARAM_GROUPS
 from ffn.job import CONFIG_GROUPS, hyperparameters, run_job
 from ffn.penalties import Penalty
+from ffn.run_record import event_files
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -148,7 +149,7 @@ def test_every_option_composes_and_trains(group: str, option: str, tmp_path: Pat
     assert with_val or not [k for k in metrics if k.startswith("val/")]
     assert all(v is not None and math.isfinite(v) for v in metrics.values()), metrics
     assert returned == pytest.approx(metrics[job.optimized_metric], rel=1e-12)
-    assert list(out.glob("events.out.tfevents.*"))
+    assert event_files(out)
 
 
 @pytest.mark.parametrize(("group", "option"), HYDRA_OPTIONS, ids=choice_ids(HYDRA_OPTIONS))

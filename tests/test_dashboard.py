@@ -31,6 +31,8 @@ import pytest
 from helpers import ROOT, TINY, ffn_env, read_rows, run_ffn
 
 from ffn import report
+from ffn.hparams import HEADLINE_TAGS, read_session_hparams
+from ffn.run_record import DIAGNOSTICS_EVENTS, EVENT_FOLDERS, METRICS_EVENTS
 
 pytestmark = pytest.mark.slow
 
@@ -172,16 +174,81 @@ def board(logdir: Path) -> Iterator[Board]:
         stop(proc)
 
 
+@pytest.fixture(scope="session")
+def plain(logdir: Path) -> Iterator[Board]:
+    """`tensorboard --logdir LOGDIR`, no ffn-board: what a user gets who never heard of it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir)]
+    proc = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=ffn_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        board = Board(url, logdir, {"hparams": f"{url}/#hparams"})
+        wait_for(board, len(run_folders(logdir)))
+        yield board
+    finally:
+        stop(proc)
+
+
+def varying_keys(logdir: Path) -> set[str]:
+    """The chosen keys with more than one value across the runs (as the HParams plugin counts:
+    runs without the key are not counted)."""
+    sessions = [read_session_hparams(folder) or {} for folder in run_folders(logdir)]
+    keys = {key for hparams in sessions for key in hparams}
+    return {k for k in keys if len({h[k] for h in sessions if k in h}) > 1}
+
+
 # ---------------------------------------------------------------------------- HTTP API
+
+
+def test_plain_tensorboard_takes_only_the_headline_metrics(plain: Board) -> None:
+    experiment = plain.experiment()
+    infos = experiment["hparamInfos"]
+    # the chosen keys of both sweeps and the single run; those that vary first
+    varying = varying_keys(plain.logdir)
+    assert {"model", "trainer.seed", "optimizer.lr", "dataset"} <= varying
+    assert [i["name"] for i in infos if i.get("differs")] == sorted(varying)
+    differs = [bool(info.get("differs")) for info in infos]
+    assert differs == sorted(differs, reverse=True)
+    # every metric from a session's own folder (no group), the headline ones of both tasks
+    metrics = [(m["name"].get("group", ""), m["name"]["tag"]) for m in experiment["metricInfos"]]
+    assert len(metrics) <= 12
+    assert {group for group, _ in metrics} == {""}
+    assert {tag for _, tag in metrics} == set(HEADLINE_TAGS)
+    # and the rows hold them
+    session = "seeds/3/" + METRICS_EVENTS
+    _, row = plain.sessions()[session]
+    record = json.loads((plain.logdir / "seeds" / "3" / "metrics.json").read_text())
+    shown = {m["name"]["tag"]: m["value"] for m in row["metricValues"]}
+    assert shown["val/loss"] == pytest.approx(record["metrics"]["val/loss"], rel=1e-6)
+
+
+def test_plain_tensorboard_scalars_still_show_the_diagnostics(plain: Board) -> None:
+    tags = plain.get("/data/plugin/scalars/tags")
+    headline, beside = (tags[f"seeds/3/{name}"] for name in EVENT_FOLDERS)
+    assert set(headline) <= set(HEADLINE_TAGS) and "val/loss" in headline
+    assert {"dead/layer_0", "grad_norm/layer_1", "train/lr", "train/penalty"} <= set(beside)
+    assert "saturated/layer_0" in tags["single/" + DIAGNOSTICS_EVENTS]  # tanh
 
 
 def test_run_names_read_as_the_swept_values(board: Board) -> None:
     runs = set(board.get("/data/runs")) - {"."}  # ".": the view's experiment record
-    assert len(runs) == len(run_folders(board.logdir)) == 2 * SEEDS + 4
+    headline = {run for run in runs if not run.startswith("diagnostics/")}
+    assert len(headline) == len(run_folders(board.logdir)) == 2 * SEEDS + 4
     # the keys that vary across the runs shown, in alphabetical order of the full key
-    assert "dataset=iris,model=relu,max_epochs=1,seed=3" in runs
-    assert "dataset=iris,model=relu,lr=0.05,max_epochs=2" in runs
-    assert "dataset=diabetes,model=tanh,max_epochs=2" in runs
+    assert "dataset=iris,model=relu,max_epochs=1,seed=3" in headline
+    assert "dataset=iris,model=relu,lr=0.05,max_epochs=2" in headline
+    assert "dataset=diabetes,model=tanh,max_epochs=2" in headline
+    # and each run's diagnostics under the same name (the refused lr=-1 job trained nothing)
+    assert runs - headline == {f"diagnostics/{run}" for run in headline if "lr=-1" not in run}
+    tags = board.get("/data/plugin/scalars/tags")
+    assert "dead/layer_0" in tags["diagnostics/dataset=iris,model=relu,max_epochs=1,seed=3"]
 
 
 def test_hparams_columns_are_the_chosen_keys(board: Board) -> None:
@@ -202,8 +269,8 @@ def test_hparams_columns_are_the_chosen_keys(board: Board) -> None:
     metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
     assert len(metrics) <= 12
     assert metrics[:4] == ["val/loss", "val/accuracy", "val/r2", "test/loss"]
-    assert {"train/objective", "train/penalty", "train/sparsity", "epochs"} <= set(metrics)
-    assert not [m for m in metrics if "layer" in m or m in ("train/lr", "train/grad_norm")]
+    assert {"train/objective", "train/sparsity", "epochs"} <= set(metrics)
+    assert set(metrics) <= set(HEADLINE_TAGS)  # no layer_, lr, grad_norm, penalty
 
 
 def test_hparams_rows_have_values_metrics_and_status(board: Board) -> None:
@@ -291,6 +358,20 @@ def test_browser_hparams_table(board: Board, browser: Any, tmp_path: Path) -> No
         assert column in text, column
     assert "layer_0" not in text
     assert "dataset=iris,model=tanh,max_epochs=1,seed=7" in text  # a row, named by its values
+    # the experiment record's reading order: val/ first among the five metrics ticked
+    ticked = chromium.evaluate(shots.TICKED_JS)
+    assert ticked["metrics"] == ["val/loss", "val/accuracy", "val/r2", "test/loss", "test/accuracy"]
+    assert set(ticked["hparams"]) == varying_keys(board.logdir)
+
+
+def test_browser_plain_tensorboard_ticks_the_varying_keys(plain: Board, browser: Any) -> None:
+    shots, chromium = browser
+    ticked = shots.ticked_columns(chromium, plain.links["hparams"])
+    assert ticked is not None, "the HParams page never listed its columns"
+    # five vary here, and the page ticks five (its own limit): the varying keys exactly
+    assert set(ticked["hparams"]) == varying_keys(plain.logdir)
+    # no experiment record: metrics in name order, the first five ticked; none per layer
+    assert ticked["metrics"] == sorted(HEADLINE_TAGS)[:5]
 
 
 def test_browser_scalars_over_more_than_40_runs(board: Board, browser: Any, tmp_path: Path) -> None:

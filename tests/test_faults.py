@@ -20,6 +20,7 @@ import torch
 from helpers import ROOT, TINY, ffn_env, run_ffn
 
 from ffn import report
+from ffn.run_record import METRICS_EVENTS
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,7 @@ def test_two_runs_started_at_once_get_two_folders(tmp_path: Path) -> None:
     assert len(folders) == 2
     for folder in folders:
         assert record(folder)["status"] == "completed"
-        assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+        assert len(list((folder / METRICS_EVENTS).glob("events.out.tfevents.*"))) == 1
     day = folders[0].parent.name
     assert len(day) == 10 and day[4] == day[7] == "-"  # outputs/YYYY-MM-DD/HH-MM-SS-micro
 
@@ -264,7 +265,7 @@ def test_a_refused_resume_leaves_the_record_and_then_a_resume_agrees_everywhere(
     ok = run_in(folder, "trainer.resume=true", "trainer.max_epochs=3")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert record(folder)["status"] == "completed"
-    acc = event_accumulator.EventAccumulator(str(folder))
+    acc = event_accumulator.EventAccumulator(str(folder / METRICS_EVENTS))
     acc.Reload()
     content = acc.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_END_INFO_TAG]
     status = metadata.parse_session_end_info_plugin_data(content).status

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from ffn.config import register_configs
+from ffn.run_record import METRICS_EVENTS
 
 
 def statuses(sweep_dir: Path, n: int) -> list[str]:
@@ -26,7 +27,7 @@ def statuses(sweep_dir: Path, n: int) -> list[str]:
 
 def event_file_pid(run_dir: Path) -> str:
     """events.out.tfevents.<time>.<host>.<pid>.<n>: the process that trained the run."""
-    return next(run_dir.glob("events.out.tfevents.*")).name.split(".")[-2]
+    return next((run_dir / METRICS_EVENTS).glob("events.out.tfevents.*")).name.split(".")[-2]
 
 
 @pytest.mark.slow

@@ -28,6 +28,8 @@ from helpers import ROOT, ffn_env, run_ffn
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
+from ffn.run_record import EVENT_FOLDERS, METRICS_EVENTS
+
 pytestmark = pytest.mark.slow
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -85,10 +87,11 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
     return torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
 
 
-def events(folder: Path) -> event_accumulator.EventAccumulator:
-    """Every event file of the folder through TensorBoard's reader (orphans purged), all kept."""
+def events(folder: Path, name: str = METRICS_EVENTS) -> event_accumulator.EventAccumulator:
+    """Every event file of the run's event folder `name` through TensorBoard's reader (orphans
+    purged), all kept."""
     guidance = dict.fromkeys(event_accumulator.DEFAULT_SIZE_GUIDANCE, 0)
-    acc = event_accumulator.EventAccumulator(str(folder), size_guidance=guidance)
+    acc = event_accumulator.EventAccumulator(str(folder / name), size_guidance=guidance)
     acc.Reload()
     return acc
 
@@ -99,11 +102,13 @@ def steps(acc: event_accumulator.EventAccumulator, tag: str) -> list[int]:
     return [event.step for event in acc.Scalars(tag)]
 
 
-def assert_clean_curves(acc: event_accumulator.EventAccumulator) -> None:
-    """Every scalar curve steps strictly forward: no step twice, none backwards."""
-    for tag in acc.Tags()["scalars"]:
-        got = steps(acc, tag)
-        assert got == sorted(set(got)), f"{tag}: {got[:5]} ... {got[-5:]}"
+def assert_clean_curves(folder: Path) -> None:
+    """Every scalar curve of the run steps strictly forward: no step twice, none backwards."""
+    for name in EVENT_FOLDERS:
+        acc = events(folder, name)
+        for tag in acc.Tags()["scalars"]:
+            got = steps(acc, tag)
+            assert got == sorted(set(got)), f"{tag}: {got[:5]} ... {got[-5:]}"
 
 
 def session_status(acc: event_accumulator.EventAccumulator) -> int:
@@ -309,16 +314,19 @@ def test_tensorboard_after_sigkill_and_resume_shows_one_clean_curve(
     killed: Stopped, killed_then_resumed, reference: Path
 ) -> None:
     assert killed_then_resumed.returncode == 0, killed_then_resumed.stderr[-3000:]
-    assert len(list(killed.folder.glob("events.out.tfevents.*"))) == 2  # one per session
-    resumed, alone = events(killed.folder), events(reference)
+    for name in EVENT_FOLDERS:  # one file per session in each
+        assert len(list((killed.folder / name).glob("events.out.tfevents.*"))) == 2, name
+    resumed = events(killed.folder)
     assert steps(resumed, "train/loss") == list(range(1, MAX_EPOCHS + 1))
     assert session_status(resumed) == api_pb2.STATUS_SUCCESS
     # Every curve, not only the loss: same steps and the very same values as the lone run
-    tags = alone.Tags()["scalars"]
-    assert sorted(resumed.Tags()["scalars"]) == sorted(tags)
-    for tag in tags:
-        got = [(e.step, e.value) for e in resumed.Scalars(tag)]
-        assert got == [(e.step, e.value) for e in alone.Scalars(tag)], tag
+    for name in EVENT_FOLDERS:
+        resumed, alone = events(killed.folder, name), events(reference, name)
+        tags = alone.Tags()["scalars"]
+        assert sorted(resumed.Tags()["scalars"]) == sorted(tags)
+        for tag in tags:
+            got = [(e.step, e.value) for e in resumed.Scalars(tag)]
+            assert got == [(e.step, e.value) for e in alone.Scalars(tag)], tag
 
 
 # ---------------------------------------------------------------- SIGTERM and SIGINT
@@ -345,7 +353,7 @@ def test_resume_after_sigterm_ends_bitwise_like_the_run_left_alone(
     assert_same_end(terminated.folder, reference)
     acc = events(terminated.folder)
     assert steps(acc, "train/loss") == list(range(1, MAX_EPOCHS + 1))
-    assert_clean_curves(acc)
+    assert_clean_curves(terminated.folder)
 
 
 def test_hparams_dashboard_shows_a_run_resumed_after_sigterm_as_completed(
@@ -400,7 +408,7 @@ def test_resuming_a_completed_run_changes_nothing(completed_again: Path, referen
 
 
 def test_resuming_a_completed_run_adds_no_tensorboard_points(completed_again: Path) -> None:
-    assert_clean_curves(events(completed_again))
+    assert_clean_curves(completed_again)
 
 
 # ---------------------------------------------------------------- divergence

@@ -20,6 +20,8 @@ from helpers import run_ffn
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
+from ffn.run_record import DIAGNOSTICS_EVENTS, EVENT_FOLDERS, METRICS_EVENTS, event_files
+
 # What the short run is made of: the determinism runs repeat it exactly
 SHORT = ("trainer.max_epochs=3", "trainer.histogram_every=1", "trainer.device=cpu")
 QUIET = ("trainer.histogram_every=0", "trainer.figures=false")
@@ -40,9 +42,10 @@ class FinishedRun:
         text = (self.folder / "metrics.json").read_text()
         return json.loads(text, parse_constant=_refuse_constant)
 
-    def events(self) -> event_accumulator.EventAccumulator:
-        """The run's one event file, read back by TensorBoard's own reader, nothing dropped."""
-        files = sorted(self.folder.glob("events.out.tfevents.*"))
+    def events(self, folder: str = METRICS_EVENTS) -> event_accumulator.EventAccumulator:
+        """The run's one event file in `folder` (ffn.run_record.EVENT_FOLDERS), read back by
+        TensorBoard's own reader, nothing dropped."""
+        files = sorted((self.folder / folder).glob("events.out.tfevents.*"))
         assert len(files) == 1, files
         guidance = dict.fromkeys(event_accumulator.DEFAULT_SIZE_GUIDANCE, 0)
         acc = event_accumulator.EventAccumulator(str(files[0]), size_guidance=guidance)
@@ -110,6 +113,12 @@ def short_events(short_run: FinishedRun) -> event_accumulator.EventAccumulator:
     return short_run.events()
 
 
+@pytest.fixture(scope="module")
+def short_diagnostics(short_run: FinishedRun) -> event_accumulator.EventAccumulator:
+    completed_ok(short_run)
+    return short_run.events(DIAGNOSTICS_EVENTS)
+
+
 def test_short_run_leaves_a_complete_folder(short_run: FinishedRun) -> None:
     result = completed_ok(short_run)
     folder = short_run.folder
@@ -130,20 +139,23 @@ def test_short_run_leaves_a_complete_folder(short_run: FinishedRun) -> None:
             value = metrics[f"{split}/{name}"]
             assert value is not None and math.isfinite(value), (split, name)
     assert 0 <= metrics["test/accuracy"] <= 1
-    assert list(folder.glob("events.out.tfevents.*"))
+    # the HParams session and headline curves, and beside them the rest (ffn/run_logger.py)
+    assert [path.parent.name for path in event_files(folder)] == list(EVENT_FOLDERS)
 
 
-def test_short_run_logs_every_scalar_each_epoch(short_events) -> None:
-    scalars = short_events.Tags()["scalars"]
+def test_short_run_logs_every_scalar_each_epoch(short_events, short_diagnostics) -> None:
     per_epoch = [
         "train/loss",
         "train/accuracy",
-        "train/penalty",
         "train/objective",
         "val/loss",
         "val/accuracy",
-        "train/lr",
     ]
+    for tag in per_epoch:
+        assert steps(short_events, tag) == [1, 2, 3], tag
+        assert all(math.isfinite(v) for v in values(short_events, tag)), tag
+    assert values(short_diagnostics, "train/penalty") == [0, 0, 0]
+    scalars = short_diagnostics.Tags()["scalars"]
     layer_tags = [
         tags_like(scalars, prefix)
         for prefix in ("grad_norm/layer_", "weight_norm/layer_", "sparsity/layer_")
@@ -152,23 +164,25 @@ def test_short_run_logs_every_scalar_each_epoch(short_events) -> None:
     assert all(len(tags) == 2 for tags in layer_tags), layer_tags
     assert tags_like(scalars, "dead/layer_") == ["dead/layer_0"]
     assert not tags_like(scalars, "saturated/")
-    for tag in per_epoch + sum(layer_tags, ["dead/layer_0"]):
-        assert steps(short_events, tag) == [1, 2, 3], tag
-        assert all(math.isfinite(v) for v in values(short_events, tag)), tag
+    for tag in sum(layer_tags, ["dead/layer_0", "train/penalty", "train/lr", "train/grad_norm"]):
+        assert steps(short_diagnostics, tag) == [1, 2, 3], tag
+        assert all(math.isfinite(v) for v in values(short_diagnostics, tag)), tag
     for tag in tags_like(scalars, "sparsity/") + tags_like(scalars, "dead/"):
-        assert all(0 <= v <= 1 for v in values(short_events, tag)), tag
+        assert all(0 <= v <= 1 for v in values(short_diagnostics, tag)), tag
     # no penalty: nothing pushes a weight to exactly zero
-    assert all(v == 0 for tag in layer_tags[2] for v in values(short_events, tag))
-    assert values(short_events, "train/penalty") == [0, 0, 0]
+    assert all(v == 0 for tag in layer_tags[2] for v in values(short_diagnostics, tag))
 
 
-def test_short_run_logs_histograms_figures_and_config(short_run: FinishedRun, short_events) -> None:
-    tags = short_events.Tags()
+def test_short_run_logs_histograms_figures_and_config(
+    short_run: FinishedRun, short_events, short_diagnostics
+) -> None:
+    histograms = short_diagnostics.Tags()["histograms"]
     for prefix in ("weights/layer_", "grads/layer_", "preactivations/layer_"):
-        found = tags_like(tags["histograms"], prefix)
+        found = tags_like(histograms, prefix)
         assert found, prefix
         for tag in found:  # histogram_every=1: every epoch
-            assert [e.step for e in short_events.Histograms(tag)] == [1, 2, 3], tag
+            assert [e.step for e in short_diagnostics.Histograms(tag)] == [1, 2, 3], tag
+    tags = short_events.Tags()
     assert "figures/confusion_matrix" in tags["images"]
     text = short_events.PluginTagToContent("text")
     assert any(tag.startswith("config") for tag in text), text
@@ -192,7 +206,9 @@ def test_short_run_hparams_session(short_events) -> None:
     assert end.status == api_pb2.STATUS_SUCCESS
 
 
-def test_scalars_agree_with_metrics_json(short_run: FinishedRun, short_events) -> None:
+def test_scalars_agree_with_metrics_json(
+    short_run: FinishedRun, short_events, short_diagnostics
+) -> None:
     metrics = short_run.metrics_json["metrics"]
     for tag in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "train/objective"):
         assert values(short_events, tag)[-1] == pytest.approx(metrics[tag], rel=1e-6), tag
@@ -201,7 +217,7 @@ def test_scalars_agree_with_metrics_json(short_run: FinishedRun, short_events) -
         assert values(short_events, tag)[-1] == pytest.approx(metrics[tag], rel=1e-6), tag
     # train/lr is the rate each epoch used: cosine over 3 epochs from adam's 3e-3
     expected = [3e-3 * (1 + math.cos(math.pi * k / 3)) / 2 for k in range(3)]
-    assert values(short_events, "train/lr") == pytest.approx(expected, rel=1e-6)
+    assert values(short_diagnostics, "train/lr") == pytest.approx(expected, rel=1e-6)
 
 
 # ---------------------------------------------------------------- other tasks and activations
@@ -232,8 +248,9 @@ def test_regression_logs_r2_and_predicted_vs_true(task_runs: dict[str, FinishedR
     assert "figures/confusion_matrix" not in tags["images"]
     assert (run.folder / "figures" / "predicted_vs_true.png").is_file()
     # sigmoid saturates rather than dies
-    assert tags_like(tags["scalars"], "saturated/layer_") == ["saturated/layer_0"]
-    assert not tags_like(tags["scalars"], "dead/")
+    scalars = run.events(DIAGNOSTICS_EVENTS).Tags()["scalars"]
+    assert tags_like(scalars, "saturated/layer_") == ["saturated/layer_0"]
+    assert not tags_like(scalars, "dead/")
 
 
 @pytest.mark.slow
@@ -242,11 +259,12 @@ def test_two_dimensional_classification_logs_decision_regions(
 ) -> None:
     run = task_runs["moons"]
     completed_ok(run)
-    acc = run.events()
-    tags = acc.Tags()
-    assert {"figures/confusion_matrix", "figures/decision_regions"} <= set(tags["images"])
+    assert {"figures/confusion_matrix", "figures/decision_regions"} <= set(
+        run.events().Tags()["images"]
+    )
     assert (run.folder / "figures" / "decision_regions.png").is_file()
-    assert tags_like(tags["scalars"], "saturated/layer_") == ["saturated/layer_0"]
+    scalars = run.events(DIAGNOSTICS_EVENTS).Tags()["scalars"]
+    assert tags_like(scalars, "saturated/layer_") == ["saturated/layer_0"]
 
 
 # ---------------------------------------------------------------- determinism
@@ -294,10 +312,10 @@ def test_l1_proximal_gives_exact_zeros(rule_runs: dict[str, FinishedRun]) -> Non
     run = rule_runs["l1"]
     metrics = completed_ok(run)["metrics"]
     assert metrics["train/penalty"] > 0
-    acc = run.events()
-    sparsity = [values(acc, tag)[-1] for tag in tags_like(acc.Tags()["scalars"], "sparsity/")]
+    layers = run.events(DIAGNOSTICS_EVENTS)
+    sparsity = [values(layers, t)[-1] for t in tags_like(layers.Tags()["scalars"], "sparsity/")]
     assert max(sparsity) > 0.01, sparsity
-    start, _ = hparams_info(acc)
+    start, _ = hparams_info(run.events())
     assert start.hparams["penalty.lam"].number_value == pytest.approx(0.01)
     assert start.hparams["penalty"].string_value == "l1"
 

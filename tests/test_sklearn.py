@@ -161,11 +161,18 @@ def test_logdir_gets_the_runners_records(iris, tmp_path: Path) -> None:
     x_train, _, y_train, _ = iris
     clf = FFNClassifier(hidden_layer_sizes=(8,), max_epochs=3, early_stopping=True)
     clf.set_params(logdir=str(tmp_path), random_state=0, n_iter_no_change=50).fit(x_train, y_train)
-    acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
-    acc.Reload()
-    scalars = set(acc.Tags()["scalars"])
+    from ffn.run_record import EVENT_FOLDERS
+
+    metrics, diagnostics = (
+        event_accumulator.EventAccumulator(str(tmp_path / name), size_guidance={"scalars": 0})
+        for name in EVENT_FOLDERS
+    )
+    metrics.Reload()
+    diagnostics.Reload()
     expected = {"train/loss", "train/accuracy", "train/objective", "val/loss", "val/accuracy"}
-    assert expected | {"train/lr", "weight_norm/layer_0", "grad_norm/layer_1"} <= scalars
-    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
-    assert "weights/layer_0" in acc.Tags()["histograms"]
-    assert "config" in "".join(acc.Tags()["tensors"])  # the parameters, as text
+    assert expected <= set(metrics.Tags()["scalars"])
+    layers = {"train/lr", "weight_norm/layer_0", "grad_norm/layer_1"}
+    assert layers <= set(diagnostics.Tags()["scalars"])
+    assert [e.step for e in metrics.Scalars("train/loss")] == [1, 2, 3]
+    assert "weights/layer_0" in diagnostics.Tags()["histograms"]
+    assert "config" in "".join(metrics.Tags()["tensors"])  # the parameters, as text

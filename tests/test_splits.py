@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from ffn.config import Config, validate
 from ffn.errors import ConfigError
+from ffn.run_record import METRICS_EVENTS
 from ffn.train import train
 
 
@@ -32,7 +33,8 @@ def test_a_run_without_val_part_logs_and_reports_no_val(tmp_path: Path) -> None:
     assert result.status == "completed" and result.epochs == 2
     assert not [k for k in result.metrics if k.startswith("val/")]
     assert {"train/loss", "test/loss", "test/accuracy"} <= set(result.metrics)
-    acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    folder = str(tmp_path / METRICS_EVENTS)
+    acc = event_accumulator.EventAccumulator(folder, size_guidance={"scalars": 0})
     acc.Reload()
     tags = acc.Tags()["scalars"]
     assert "train/loss" in tags and not [t for t in tags if t.startswith("val/")]
