@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_ffn
+from helpers import ROOT, ffn_env, run_ffn
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -172,3 +176,55 @@ def test_what_no_ensemble_can_do_is_refused_in_one_line(tmp_path: Path, override
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith(f"ffn: error: invalid value for {key}: "), done.stderr[-2000:]
     assert "hydra/launcher=basic" in lines[-1]
+
+
+def test_sigterm_mid_ensemble_checkpoints_every_member_and_the_sweep_resumes(
+    basic_sweep: Path, tmp_path: Path
+) -> None:
+    """SIGTERM once the first member has checkpointed: every member still training saves its
+    checkpoint and ends `interrupted`, the sweep exits 143; the same command with
+    trainer.resume=auto then ends every member as the uninterrupted basic sweep did."""
+    folder = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "run.py",
+        *SWEEP,
+        "hydra/launcher=ensemble",
+        f"hydra.sweep.dir={folder}",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=ffn_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 240
+    while not (folder / "0" / "checkpoints" / "last.pt").exists() and time.time() < deadline:
+        if process.poll() is not None:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=240)
+    statuses = [record(folder / str(job))["status"] for job in range(JOBS)]
+    if "interrupted" not in statuses:
+        pytest.skip(f"the sweep ended before the signal took effect ({statuses})")
+    assert process.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    for job, status in enumerate(statuses):
+        assert status in ("interrupted", "diverged", "completed"), (job, status)
+        if status == "interrupted":
+            assert (folder / str(job) / "checkpoints" / "last.pt").exists()
+    done = run_ffn(
+        *SWEEP, "hydra/launcher=ensemble", f"hydra.sweep.dir={folder}", "trainer.resume=auto"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job in range(JOBS):
+        alone, member = record(basic_sweep / str(job)), record(folder / str(job))
+        for key in ("status", "stop_reason", "epochs", "steps"):
+            assert member[key] == alone[key], (job, key)
+        for key, value in alone["metrics"].items():
+            assert close(member["metrics"][key], value), (job, key, member["metrics"][key], value)
+        last = Path(str(job)) / "checkpoints" / "last.pt"
+        assert (folder / last).exists() == (basic_sweep / last).exists()  # none: diverged at once
+        if (basic_sweep / last).exists():
+            mine = torch.load(folder / last, weights_only=True)
+            assert_same_tensors(
+                mine["model"], torch.load(basic_sweep / last, weights_only=True)["model"]
+            )

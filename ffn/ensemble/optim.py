@@ -79,8 +79,11 @@ class StackedOptimizer:
         if "betas" in groups[0]:
             betas = torch.tensor([list(g["betas"]) for g in groups], dtype=torch.float64)
             self.hyper["beta1"], self.hyper["beta2"] = betas.to(like.device).unbind(1)
+        self.weight_decay = bool(self.hyper["weight_decay"].any())
+        self.some_without_momentum = "momentum" in self.hyper and not self.hyper["momentum"].all()
         self.lr = self.read_lr(optimizers)
         self.state = self._gather_state(optimizers, members_params)
+        self.all_started = bool(self.started.all())
 
     def read_lr(self, optimizers: Sequence[torch.optim.Optimizer]) -> Tensor:
         """Each member's current lr (its schedule sets it), (E,) float64."""
@@ -89,11 +92,29 @@ class StackedOptimizer:
             dtype=torch.float64,
             device=self.params[0].device,
         )
+        self._columns = {}  # cast once per lr, not once per step
         return self.lr
 
     def _column(self, values: Tensor, like: Tensor) -> Tensor:
         """(E,) float64 -> (E, 1, ...) in `like`'s dtype (torch.optim casts its scalars so)."""
         return values.view(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+    def _constant(self, name: str, like: Tensor) -> Tensor:
+        """A hyperparameter's column (`lr`, `1-beta1`, ...), cast once per shape and lr."""
+        key = (name, like.ndim)
+        column = self._columns.get(key)
+        if column is None:
+            h = self.hyper
+            values = {
+                "lr": lambda: self.lr,
+                "decay": lambda: 1 - self.lr * h["weight_decay"],
+                "1-beta1": lambda: 1 - h["beta1"],
+                "1-beta2": lambda: 1 - h["beta2"],
+                "1-dampening": lambda: 1 - h["dampening"],
+                "uses momentum": lambda: (h["momentum"] != 0).double(),
+            }.get(name, lambda: h[name])()
+            column = self._columns[key] = self._column(values, like)
+        return column
 
     # --- state: read from and written back to the members' torch.optim objects --------------
 
@@ -148,27 +169,28 @@ class StackedOptimizer:
             self._sgd()
         else:
             self._adam(decoupled=self.kind == "torch.optim.AdamW")
-        self.started.fill_(True)
+        if not self.all_started:
+            self.started.fill_(True)
+            self.all_started = True
 
     def _sgd(self) -> None:
-        h = self.hyper
         momentum = self.state.get("momentum_buffer")
         for i, p in enumerate(self.params):
             grad = p.grad
-            if h["weight_decay"].any():
-                grad = grad + self._column(h["weight_decay"], p) * p
+            if self.weight_decay:
+                grad = grad + self._constant("weight_decay", p) * p
             if momentum is not None:
-                first = self._column(~self.started, p).bool()
-                m = self._column(h["momentum"], p)
-                buf = momentum[i]
+                m, buf = self._constant("momentum", p), momentum[i]
                 # torch: the first step's buffer is the gradient itself, then m buf + (1 - d) g
-                buf.copy_(
-                    torch.where(first, grad, buf * m + self._column(1 - h["dampening"], p) * grad)
-                )
-                uses = self._column(h["momentum"] != 0, p).bool()  # momentum 0: no buffer used
+                update = buf * m + self._constant("1-dampening", p) * grad
+                if not self.all_started:
+                    update = torch.where(self._column(~self.started, p).bool(), grad, update)
+                buf.copy_(update)
                 step = grad + m * buf if self.nesterov else buf
-                grad = torch.where(uses, step, grad)
-            p.sub_(self._column(self.lr, p) * grad)
+                if self.some_without_momentum:  # those members' steps use no buffer
+                    step = torch.where(self._constant("uses momentum", p).bool(), step, grad)
+                grad = step
+            p.sub_(self._constant("lr", p) * grad)
 
     def _adam(self, decoupled: bool) -> None:
         h, s = self.hyper, self.state
@@ -176,21 +198,22 @@ class StackedOptimizer:
         bias1 = 1 - h["beta1"] ** steps
         bias2_sqrt = (1 - h["beta2"] ** steps) ** 0.5
         step_size = self.lr / bias1
+        per_step = {}  # this step's columns, cast once per shape
         for i, p in enumerate(self.params):
             s["step"][i].copy_(steps)
             grad = p.grad
-            if h["weight_decay"].any():
-                wd = self._column(h["weight_decay"], p)
+            if self.weight_decay:
                 if decoupled:
-                    p.mul_(1 - self._column(self.lr * h["weight_decay"], p))
+                    p.mul_(self._constant("decay", p))
                 else:
-                    grad = grad + wd * p
+                    grad = grad + self._constant("weight_decay", p) * p
+            if p.ndim not in per_step:
+                per_step[p.ndim] = (self._column(bias2_sqrt, p), self._column(step_size, p))
+            bias2_column, step_size_column = per_step[p.ndim]
             exp_avg, exp_avg_sq = s["exp_avg"][i], s["exp_avg_sq"][i]
-            exp_avg.lerp_(grad, self._column(1 - h["beta1"], p))
-            exp_avg_sq.mul_(self._column(h["beta2"], p)).addcmul_(
-                grad, grad * self._column(1 - h["beta2"], p)
+            exp_avg.lerp_(grad, self._constant("1-beta1", p))
+            exp_avg_sq.mul_(self._constant("beta2", p)).addcmul_(
+                grad, grad * self._constant("1-beta2", p)
             )
-            denom = (exp_avg_sq.sqrt() / self._column(bias2_sqrt, p)).add_(
-                self._column(h["eps"], p)
-            )
-            p.sub_(self._column(step_size, p) * exp_avg / denom)
+            denom = (exp_avg_sq.sqrt() / bias2_column).add_(self._constant("eps", p))
+            p.sub_(step_size_column * exp_avg / denom)
