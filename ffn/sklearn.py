@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import math
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,46 +41,24 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
+from ffn.eager_optim import eager_class
 from ffn.errors import ConfigError
 from ffn.metrics import epoch_scalars, evaluate, metric_name
 from ffn.model import FeedForward
+from ffn.optimizers import OPTIMIZERS, OptimizerChoice
 from ffn.penalties import Penalty
 from ffn.step import check_smooth, lbfgs_step, train_step
 
-
-@dataclass(frozen=True)
-class OptimizerChoice:
-    """One `optimizer=` choice: the torch class, its fixed settings, its default lr."""
-
-    cls: type[torch.optim.Optimizer]
-    lr: float
-    settings: dict[str, Any] = field(default_factory=dict)
-    full_batch: bool = False  # one step per epoch over the whole training set
-
-
-# The runner's conf/optimizer/*.yaml, as the estimators offer them (adam's lr is sklearn's).
-OPTIMIZERS: dict[str, OptimizerChoice] = {
-    "gd": OptimizerChoice(torch.optim.SGD, 0.5, full_batch=True),
-    "sgd": OptimizerChoice(torch.optim.SGD, 0.05),
+# Where the estimators part from the runner's conf/optimizer/ files (ffn.optimizers' table), and
+# why; everything else (classes, gd's and sgd's lr, momentum, L-BFGS's settings) is the table's.
+ESTIMATOR_SETTINGS: dict[str, dict[str, Any]] = {
     # fused: one kernel for the whole update, where torch's default loops ops per tensor in
     # Python (Adam's step: 0.33 ms fused, 0.82 ms default on a 64-64-10 net, measured)
-    "momentum": OptimizerChoice(torch.optim.SGD, 0.05, {"momentum": 0.9, "fused": True}),
-    "adam": OptimizerChoice(torch.optim.Adam, 1e-3, {"fused": True}),
-    "lbfgs": OptimizerChoice(
-        torch.optim.LBFGS,
-        1.0,
-        # One iteration per epoch, up to 24 line-search evaluations, scipy's history of 10.
-        # torch's own stopping tolerances are (all but) off: tol and n_iter_no_change decide;
-        # tolerance_change is set to the dtype's eps when the optimizer is built.
-        {
-            "max_iter": 1,
-            "max_eval": 25,
-            "history_size": 10,
-            "line_search_fn": "strong_wolfe",
-            "tolerance_grad": 1e-12,
-        },
-        full_batch=True,
-    ),
+    "momentum": {"fused": True},
+    "adam": {"lr": 1e-3, "fused": True},  # lr: MLPClassifier's learning_rate_init
+    # torch's own stopping tolerances (all but) off: tol and n_iter_no_change decide;
+    # tolerance_change is set to the dtype's eps when the optimizer is built.
+    "lbfgs": {"tolerance_grad": 1e-12},
 }
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -229,12 +207,15 @@ class _FFNEstimator(BaseEstimator):
         self._no_improvement = 0
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
+        """The table's optimizer with the estimators' settings, torch.optim's eager class."""
         choice = OPTIMIZERS[self.optimizer]
-        lr = choice.lr if self.lr is None else float(self.lr)
-        settings = dict(choice.settings)
-        if choice.cls is torch.optim.LBFGS:  # changes below rounding are no progress
+        settings = choice.settings() | ESTIMATOR_SETTINGS.get(self.optimizer, {})
+        if self.lr is not None:
+            settings["lr"] = float(self.lr)
+        cls = _optimizer_class(choice)
+        if issubclass(cls, torch.optim.LBFGS):  # changes below rounding are no progress
             settings["tolerance_change"] = torch.finfo(self._model.layers[0].weight.dtype).eps
-        return choice.cls(self._model.parameters(), lr=lr, **settings)
+        return cls(self._model.parameters(), **settings)
 
     # --- training ----------------------------------------------------------------------------
 
@@ -278,7 +259,7 @@ class _FFNEstimator(BaseEstimator):
         """Epochs of minibatch steps until a stopping rule fires; True if one did."""
         n = x.shape[0]
         batch = n if choice.full_batch else min(self.batch_size, n)
-        step = lbfgs_step if choice.cls is torch.optim.LBFGS else train_step
+        step = lbfgs_step if isinstance(self._optimizer, torch.optim.LBFGS) else train_step
         penalised = penalty.parameters(self._model)
         best_state = None
         for _ in range(epochs):
@@ -513,6 +494,12 @@ def torch_threads(n: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+def _optimizer_class(choice: OptimizerChoice) -> type[torch.optim.Optimizer]:
+    """The class `_target_` names, without torch._dynamo's import (ffn.eager_optim)."""
+    module, _, name = choice.target.rpartition(".")
+    return eager_class(getattr(importlib.import_module(module), name))
 
 
 def _writable(a: np.ndarray) -> np.ndarray:

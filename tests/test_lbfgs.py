@@ -24,6 +24,7 @@ from helpers import run_ffn
 from sklearn.linear_model import LogisticRegression
 
 from ffn import ConfigError, FeedForward, Penalty
+from ffn.optimizers import OPTIMIZERS
 from ffn.step import lbfgs_step, manual_gradients
 
 F64 = torch.float64
@@ -31,8 +32,8 @@ F64 = torch.float64
 
 def lbfgs(model: FeedForward, **options) -> torch.optim.LBFGS:
     """conf/optimizer/lbfgs.yaml's optimizer, tolerances tight enough for 1e-5 agreement."""
-    settings = dict(lr=1.0, max_iter=1, max_eval=25, history_size=10)
-    settings |= dict(tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
+    settings = OPTIMIZERS["lbfgs"].settings()
+    settings |= dict(tolerance_grad=1e-12, tolerance_change=1e-15)
     return torch.optim.LBFGS(model.parameters(), **(settings | options))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_diabetes, load_digits, load_iris, make_classification
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import Ridge
@@ -19,7 +20,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from ffn.sklearn import OPTIMIZERS, FFNClassifier, FFNRegressor
+from ffn.optimizers import OPTIMIZERS
+from ffn.sklearn import FFNClassifier, FFNRegressor
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 # Small and quick: the checks fit these dozens of times. Minibatches of 32 exercise the
 # shuffled-minibatch path; the classifier's checks need ~0.83 accuracy on blobs, which
@@ -176,3 +180,42 @@ def test_logdir_gets_the_runners_records(iris, tmp_path: Path) -> None:
     assert [e.step for e in metrics.Scalars("train/loss")] == [1, 2, 3]
     assert "weights/layer_0" in diagnostics.Tags()["histograms"]
     assert "config" in "".join(metrics.Tags()["tensors"])  # the parameters, as text
+
+
+def test_optimizer_table_is_the_conf_group() -> None:
+    """ffn.optimizers' table is what conf/optimizer/ composes to: every file, every entry."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from ffn.config import register_configs
+
+    register_configs()  # the schema conf/config.yaml's defaults name, as run.py registers it
+    files = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
+    assert files == sorted(OPTIMIZERS)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name, choice in OPTIMIZERS.items():
+            cfg = compose("config", overrides=[f"optimizer={name}"])
+            assert OmegaConf.to_container(cfg.optimizer) == dict(choice.node), name
+            assert cfg.trainer.full_batch is choice.full_batch, name
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "cls", "settings"),
+    [  # what the estimators build: the table's, with their own lr for adam, fused and tolerances
+        ("gd", "SGD", {"lr": 0.5, "momentum": 0}),
+        ("sgd", "SGD", {"lr": 0.05, "momentum": 0}),
+        ("momentum", "SGD", {"lr": 0.05, "momentum": 0.9, "fused": True}),
+        ("adam", "Adam", {"lr": 1e-3, "fused": True}),
+        ("lbfgs", "LBFGS", {"lr": 1, "max_iter": 1, "max_eval": 25, "history_size": 10}),
+    ],
+)
+def test_estimator_optimizers(iris, optimizer: str, cls: str, settings: dict) -> None:
+    x_train, _, y_train, _ = iris
+    clf = FFNClassifier((4,), optimizer=optimizer, max_epochs=1, random_state=0)
+    built = clf.fit(x_train, y_train)._optimizer
+    assert isinstance(built, getattr(torch.optim, cls)) and type(built).__name__ == cls
+    group = built.param_groups[0]
+    assert {k: group[k] for k in settings} == settings
+    if optimizer == "lbfgs":
+        assert group["line_search_fn"] == "strong_wolfe" and group["tolerance_grad"] == 1e-12
+        assert group["tolerance_change"] == torch.finfo(torch.float64).eps
