@@ -32,7 +32,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ffn import run_record
+from ffn import launch_env, run_record
 from ffn.report import Summary, to_markdown, write_report, written_files
 from ffn.sweep_guard import (
     SweepFolder,
@@ -68,7 +68,16 @@ class SummaryCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global ACTIVE
+        world = launch_env.place().size > 1
+        if world:  # under torchrun rank 0 owns the sweep folder; it claims it first
+            from ffn import distributed  # torch: imported only in a world of several
+
+        if not launch_env.is_writer():  # (Hydra writes the same multirun.yaml on every rank)
+            distributed.world().wait("sweep_claimed")
+            return
         self._folder = SweepFolder(config)  # one sweep per folder; signals end it cleanly
+        if world:
+            distributed.world().post("sweep_claimed", {})
         ACTIVE = (self, config)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -81,7 +90,7 @@ class SummaryCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.runtime.output_dir)
-        if job_return.status == JobStatus.FAILED:
+        if job_return.status == JobStatus.FAILED and launch_env.is_writer():
             try:
                 record_failure(run_dir, job_return, time.time() - self._job_started)
             except Exception as error:  # a record that cannot be written must not stop the sweep
@@ -92,6 +101,8 @@ class SummaryCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global ACTIVE
         ACTIVE = None
+        if not launch_env.is_writer():
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         summaries = write_report(sweep_dir, plot=self.plot)  # ranked as ffn-report ranks
         # print, not log: the last job's log file is still attached to the root logger here
