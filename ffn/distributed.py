@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import signal
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -155,6 +156,9 @@ class World:
                 if not self._announced:  # refused, already ended, interrupted before training
                     self.post("decision", {"kind": "end", "code": code})
                 self.post("end", {"code": code})
+            if code:  # the process ends now: torchrun's SIGTERM, once another rank has ended
+                # with this status, must not make this rank's status -15
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def agree_ready(self, error: ConfigError | None) -> None:
         """Every rank has built its run, or the first refusal (in rank order) is every rank's.
