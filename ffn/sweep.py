@@ -32,7 +32,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ffn import launch_env, run_record
+from ffn import interrupt, launch_env, run_record
 from ffn.report import Summary, to_markdown, write_report, written_files
 from ffn.sweep_guard import (
     SweepFolder,
@@ -73,7 +73,10 @@ class SummaryCallback(Callback):
             from ffn import distributed  # torch: imported only in a world of several
 
         if not launch_env.is_writer():  # (Hydra writes the same multirun.yaml on every rank)
-            distributed.world().wait("sweep_claimed")
+            try:
+                distributed.world().wait("sweep_claimed")
+            except interrupt.Interrupted as stopped:  # rank 0 refused the folder and ended
+                sys.exit(stopped.flag.exit_code)
             return
         self._folder = SweepFolder(config)  # one sweep per folder; signals end it cleanly
         if world:
@@ -82,7 +85,8 @@ class SummaryCallback(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._job_started = time.time()
-        if config.hydra.mode == RunMode.MULTIRUN and config.hydra.job.get("num") is not None:
+        numbered = config.hydra.mode == RunMode.MULTIRUN and config.hydra.job.get("num") is not None
+        if numbered and launch_env.is_writer():
             # stderr, not the log: the job's own log file is not attached yet
             print(progress_line(config), file=sys.stderr, flush=True)
         if "JoblibLauncher" in str(config.hydra.launcher.get("_target_", "")):
