@@ -5,6 +5,14 @@ from ffn import interrupt
 interrupt.catch_early()  # Ctrl-C or SIGTERM from here on: one line and 130/143, no traceback
 
 # After the signals: these imports take a second, the job's (torch) several
+import os  # noqa: E402
+import sys  # noqa: E402
+
+if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one clock, one folder, one writer
+    from ffn.distributed import join_before_hydra
+
+    join_before_hydra(sys.argv)
+
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 

@@ -18,6 +18,7 @@ import hydra._internal.utils as hydra_utils
 from hydra.errors import CompactHydraException, MissingConfigException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+from ffn import launch_env
 from ffn.errors import ConfigError
 
 EXIT_BAD_CONFIG = 2
@@ -102,7 +103,8 @@ def _allowed_choices(error: MissingConfigException) -> str:
 
 
 def report_and_exit(line: str) -> NoReturn:
-    print(f"ffn: error: {line}", file=sys.stderr)
+    if launch_env.is_writer():  # under torchrun every rank composes; rank 0 says it once
+        print(f"ffn: error: {line}", file=sys.stderr)
     sys.exit(EXIT_BAD_CONFIG)
 
 

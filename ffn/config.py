@@ -23,6 +23,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from ffn.constants import DTYPES, MAX_SEED
 from ffn.data.config import DatasetConfig
 from ffn.errors import ConfigError
+from ffn.launch_env import BACKENDS
 
 # OmegaConf's structured configs want typing.Optional / List spelled out, so no `X | None` here.
 
@@ -59,7 +60,8 @@ class TrainerConfig:
     # graph_free: the hand-written formulas chained with no autograd graph (ffn/step.py);
     # autograd: loss.backward() through the model's forward (model.backend says which ops)
     step: str = "graph_free"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each rank cuda:LOCAL_RANK)
+    dist_backend: str = "auto"  # under torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
     dtype: str = "float32"
     seed: int = 0
     grad_tol: float = 0.0  # stop when the gradient norm falls under it (0: off)
@@ -181,6 +183,9 @@ def check_trainer(cfg: DictConfig | Any) -> None:
         )
     if not 0 <= t.seed <= MAX_SEED:
         raise ConfigError("trainer.seed", t.seed, f"an integer in [0, {MAX_SEED}]")
+    if t.dist_backend not in BACKENDS:
+        allowed = "auto (nccl on CUDA, gloo on CPU), gloo or nccl"
+        raise ConfigError("trainer.dist_backend", t.dist_backend, allowed)
     check_step(t.step, cfg.model.backend, t.compile)
 
 

@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ffn import checkpoint, interrupt, run_record, sizes, sweep_guard
+from ffn import checkpoint, distributed, interrupt, run_record, sizes, sweep_guard
 from ffn.errors import ConfigError
 from ffn.hparams import chosen_hparams, experiment_keys
 from ffn.train import train
@@ -236,6 +236,47 @@ def resumed_config(run_dir: Path, cfg: DictConfig) -> tuple[DictConfig, dict[str
 def run_job(cfg: DictConfig) -> float:
     """Train one configuration; returns `optimized_metric` (NaN unless the run completed)."""
     interrupt.catch_early()  # a signal from here on ends the job in one line, not a traceback
+    world = distributed.world()
+    if world.size == 1:
+        return _run_job(cfg)
+    world.begin_job()  # under torchrun: rank 0 runs the job, the others follow its decisions
+    if not world.writes:
+        return _follow(cfg, world)
+    with world.leading():
+        return _run_job(cfg)
+
+
+def _follow(cfg: DictConfig, world: distributed.World) -> float:
+    """A rank other than 0: train what rank 0 decided, write nothing, end as rank 0 ends."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)  # rank 0 reports; the others only warn
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)  # Hydra's run.log is rank 0's (submitit starts us so)
+        handler.close()
+    decision, result = {"kind": "end"}, None
+    try:
+        decision = world.wait("decision")
+        if decision["kind"] == "train":
+            saved = OmegaConf.create(decision["config"])
+            with contextlib.suppress(ConfigError):  # rank 0 says it, in one line
+                result = train(saved, run_dir, resume_from=decision["payload"])
+            code = world.wait("end", interruptible=False)["code"]
+        else:
+            distributed.remove_if_empty(run_dir)  # rank 0 refused and left no folder
+            code = decision["code"]
+    except interrupt.Interrupted as stopped:  # before training: rank 0 went, or a signal came
+        code = stopped.flag.exit_code
+    if code and not multirun:
+        sys.exit(code)
+    if code or result is None or result.status != "completed":
+        return math.nan
+    return result.metrics.get(saved.optimized_metric, math.nan)
+
+
+def _run_job(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -318,6 +359,7 @@ def _run_locked(
             begun["continuations"] = continuations or None
             run_record.write_record(run_dir, "running", continuations=continuations or None)
 
+        distributed.world().announce(cfg, payload)  # under torchrun: every rank trains this
         result = train(cfg, run_dir, hparams, resume_from=payload, on_ready=mark_started)
     except ConfigError as error:
         new_run = payload is None and not isinstance(error, FolderUntouched)

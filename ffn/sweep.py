@@ -33,7 +33,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ffn import run_record
+from ffn import interrupt, launch_env, run_record
 from ffn.report import Summary, to_markdown, write_report, written_files
 from ffn.sweep_guard import (
     SweepFolder,
@@ -69,7 +69,19 @@ class SummaryCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global ACTIVE
+        world = launch_env.place().size > 1
+        if world:  # under torchrun rank 0 owns the sweep folder; it claims it first
+            from ffn import distributed  # torch: imported only in a world of several
+
+        if not launch_env.is_writer():  # (Hydra writes the same multirun.yaml on every rank)
+            try:
+                distributed.world().wait("sweep_claimed")
+            except interrupt.Interrupted as stopped:  # rank 0 refused the folder and ended
+                sys.exit(stopped.flag.exit_code)
+            return
         self._folder = SweepFolder(config)  # one sweep per folder; signals end it cleanly
+        if world:
+            distributed.world().post("sweep_claimed", {})
         ACTIVE = (self, config)
         loader = _hydra_config_loader()
         if loader is not None:
@@ -77,7 +89,8 @@ class SummaryCallback(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._job_started = time.time()
-        if config.hydra.mode == RunMode.MULTIRUN and config.hydra.job.get("num") is not None:
+        numbered = config.hydra.mode == RunMode.MULTIRUN and config.hydra.job.get("num") is not None
+        if numbered and launch_env.is_writer():
             # stderr, not the log: the job's own log file is not attached yet
             print(progress_line(config), file=sys.stderr, flush=True)
         if "JoblibLauncher" in str(config.hydra.launcher.get("_target_", "")):
@@ -85,7 +98,7 @@ class SummaryCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.runtime.output_dir)
-        if job_return.status == JobStatus.FAILED:
+        if job_return.status == JobStatus.FAILED and launch_env.is_writer():
             try:
                 record_failure(run_dir, job_return, time.time() - self._job_started)
             except Exception as error:  # a record that cannot be written must not stop the sweep
@@ -96,6 +109,8 @@ class SummaryCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global ACTIVE
         ACTIVE = None
+        if not launch_env.is_writer():
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         summaries = write_report(sweep_dir, plot=self.plot)  # ranked as ffn-report ranks
         # print, not log: the last job's log file is still attached to the root logger here

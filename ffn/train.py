@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from ffn import checkpoint, constants, targets
+from ffn import checkpoint, constants, distributed, targets
 from ffn.config import validate
 from ffn.data import Dataset, load_dataset
 from ffn.data.fingerprint import difference, fingerprint
@@ -41,6 +41,7 @@ from ffn.step import (
     compile_gradients,
     lbfgs_step,
     manual_gradients,
+    train_step,
 )
 
 log = logging.getLogger(__name__)
@@ -120,12 +121,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def runner_gradients(cfg: DictConfig):
+    """The gradients trainer.step and trainer.compile choose: by hand, compiled, or autograd."""
+    if cfg.trainer.compile:
+        return compile_gradients()
+    return manual_gradients if cfg.trainer.step == "graph_free" else autograd_gradients
+
+
 def lbfgs_runner_step(cfg: DictConfig):
     """The closure step for optimizer=lbfgs (validate has refused what L-BFGS cannot do)."""
-    gradients = manual_gradients if cfg.trainer.step == "graph_free" else autograd_gradients
-    if cfg.trainer.compile:
-        gradients = compile_gradients()
-    return functools.partial(lbfgs_step, gradients=gradients)
+    return functools.partial(lbfgs_step, gradients=runner_gradients(cfg))
 
 
 class Run:
@@ -135,7 +140,12 @@ class Run:
         self.cfg, self.run_dir = cfg, run_dir
         self.clock = PhaseClock()
         t = cfg.trainer
-        self.device = resolve_device(t.device)
+        self.world = distributed.world()  # a world of one unless under torchrun
+        if self.world.size > 1:
+            self.device = self.world.rank_device(t.device, resolve_device)
+            self.backend = self.world.check_backend(t.dist_backend, self.device)
+        else:
+            self.device = resolve_device(t.device)
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         seed_everything(t.seed)
@@ -175,6 +185,16 @@ class Run:
             if cfg.schedule._target_ != CONSTANT_SCHEDULE:
                 log.info("optimizer=lbfgs: schedule %s is not used", cfg.schedule._target_)
             self.schedule = torch.optim.lr_scheduler.ConstantLR(self.optimizer, 1.0, 0)
+        if self.world.size > 1:  # the same step on this rank's shard, gradients all-reduced
+            n = d.n_train
+            self.world.check_batch(n if t.full_batch else min(t.batch_size, n), n)
+            rows = self.world.rows(n)
+            self.train_rows = (self.data.x_train[rows], self.data.y_train[rows])
+            step = lbfgs_step if isinstance(self.optimizer, torch.optim.LBFGS) else train_step
+            gradients = self.world.reduced(runner_gradients(cfg))
+            self.step = functools.partial(step, gradients=gradients)
+        else:
+            self.train_rows = (self.data.x_train, self.data.y_train)
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -189,6 +209,8 @@ class Run:
             self._save_checkpoint()
 
     def _save_checkpoint(self) -> None:
+        if not self.world.writes:  # rank 0 owns the run folder
+            return
         checkpoint.save(
             self.run_dir,
             {
@@ -240,9 +262,11 @@ class Run:
             if i < first:
                 continue
             if order is None:
-                yield i, self.data.x_train, self.data.y_train
+                yield i, *self.train_rows  # the whole train set, or this rank's shard of it
             else:
                 idx = order[start : start + batch]
+                if self.world.size > 1:  # this rank's shard of the global minibatch
+                    idx = idx[self.world.rows(len(idx))]
                 yield i, self.data.x_train[idx], self.data.y_train[idx]
 
     def train(self, logger: RunLogger, stop: StopFlag) -> RunResult:
@@ -273,10 +297,13 @@ class Run:
             evaluated = s.epoch % t.eval_every == 0 or last
             host = self.log_epoch(logger, lr) if evaluated else None
             bar.update(host, self.score)
-            if host is not None and not all(math.isfinite(host[k]) for k in DIVERGENCE):
+            diverged = host is not None and not all(math.isfinite(host[k]) for k in DIVERGENCE)
+            fired = None if host is None or diverged else self.should_stop(host)
+            if self.world.size > 1:  # every rank stops together, signals included
+                diverged, fired = self.world.agree_epoch(diverged, fired)
+            if diverged:
                 status, stop_reason = "diverged", "diverged"
                 break  # the last checkpoint, from a finite epoch, stays as it is
-            fired = None if host is None else self.should_stop(host)
             s.wall_time_s += session.bank()
             ending = last or fired is not None
             if t.checkpoint_every and (s.epoch % t.checkpoint_every == 0 or ending):
@@ -294,7 +321,7 @@ class Run:
                 self.save_checkpoint()
             else:  # NaNs mid-epoch: keep the last finite checkpoint rather than overwrite it
                 status = "diverged"
-        if self.best_state is not None and status != "interrupted":
+        if self.best_state is not None and status != "interrupted" and self.world.writes:
             # best.pt: the weights that were best on val; last.pt stays the state to resume from
             checkpoint.save_best(
                 self.run_dir, self.best_state, s.best_epoch, s.best_val_loss, self.resolved_config
@@ -318,7 +345,8 @@ class Run:
         s, data = self.state, self.data
         with self.clock("evaluation"):
             val = (data.x_val, data.y_val) if data.n_val else None  # val_fraction=0: no val/
-            scalars, preactivations = epoch_scalars(
+            scalars_of = self.world.epoch_scalars if self.world.size > 1 else epoch_scalars
+            scalars, preactivations = scalars_of(
                 self.model,
                 self.task,
                 self.penalty,
@@ -406,21 +434,30 @@ def train(
     The config is validated first, in one pass, before any data is loaded.
     """
     startup, started = startup_seconds(), time.perf_counter()
-    validate(cfg)
-    validated = time.perf_counter() - started
-    run = Run(cfg, run_dir)
-    for hook in RUN_HOOKS:
-        hook(run)
+    world = distributed.world()
+    try:
+        validate(cfg)
+        validated = time.perf_counter() - started
+        run = Run(cfg, run_dir)
+        for hook in RUN_HOOKS:
+            hook(run)
+        if resume_from is not None:
+            run.restore(resume_from)
+    except ConfigError as error:  # under torchrun: one rank's refusal is every rank's
+        world.agree_ready(error)
+        raise
+    world.agree_ready(None)
+    if world.size > 1:
+        world.join_group(run.backend)
     run.clock.add("imports", startup)
     run.clock.add("validate", validated)
-    if resume_from is not None:
-        run.restore(resume_from)
     if on_ready is not None:  # everything built and checked: the job may now mark the folder
         on_ready(run)
     # purge_step: events from a killed session past the checkpoint are discarded on reading.
     purge = run.state.epoch + 1 if resume_from is not None else None
-    logger = RunLogger(run_dir, purge_step=purge)
-    with stop_on_signals() as stop:
+    logger = RunLogger(run_dir, purge_step=purge) if world.writes else distributed.SilentLogger()
+    with stop_on_signals() as signalled:
+        stop = world.watch(signalled)  # under torchrun: a signal to any rank stops every rank
         try:
             if resume_from is None:
                 logger.text("config", OmegaConf.to_yaml(cfg))
