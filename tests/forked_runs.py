@@ -1,17 +1,19 @@
-"""`python run.py ARGS` for many ARGS, each in its own process, paying the imports once.
+"""`python SCRIPT ARGS` for many commands, each in its own process, paying the imports once.
 
     python tests/forked_runs.py JOBS.json RESULTS.json
 
-JOBS.json: a list of argument lists. The parent imports what `python run.py` imports (Hydra,
-ffn's job, torch), then forks one child a job, two at a time: the child runs run.py as
-`__main__` with its own argv, stdout and stderr (files), and exits as run.py would. RESULTS.json:
-one {"returncode", "stdout", "stderr"} a job, in order. For tables of refusals (tests/
-test_bad_input.py): a real process per case, its exit code and its every line, without a
-second of imports each; a few cases still run as plain `python run.py` to cover the imports.
+JOBS.json: {"preload": [module, ...], "jobs": [[script, arg, ...], ...]}. The parent imports the
+modules (what the scripts import: Hydra, ffn's job, torch, ...), then forks one child a job, two
+at a time: the child runs the script as `__main__`, as `python script ARGS` would (its folder
+first on sys.path, its own argv, stdout and stderr, files), and exits with its status.
+RESULTS.json: one {"returncode", "stdout", "stderr"} a job, in order. For tables of commands
+whose processes are the point but whose imports are not (tests/test_bad_input.py's refusals,
+tests/test_experiments.py's sweeps): a real process a command without seconds of imports each.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -22,24 +24,14 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_PY = str(ROOT / "run.py")
 AT_ONCE = 2  # CI's cores
 
 
-def preload() -> None:
-    """What a job imports, its lazy imports included, so that no child pays for them."""
-    sys.path.insert(0, str(ROOT))
-    import hydra  # noqa: F401
-    import torch.optim
-
-    import ffn.cli_errors
-    import ffn.config
-    import ffn.data.load
-    import ffn.job
-    import ffn.targets  # noqa: F401
-
-    # Building any optimizer imports torch._dynamo (Optimizer.add_param_group is wrapped)
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+def preload(modules: list[str]) -> None:
+    """Import what the jobs will, so that no child pays for it."""
+    sys.path[0] = str(ROOT)  # not tests/: the jobs see what `python SCRIPT` would
+    for name in modules:
+        importlib.import_module(name)
 
 
 def _exit_code(error: SystemExit) -> int:
@@ -52,15 +44,17 @@ def _exit_code(error: SystemExit) -> int:
     return 1
 
 
-def child(args: list[str], out: str, err: str) -> None:
-    """In the forked process: run.py with `args`, then exit with its status. Never returns."""
+def child(command: list[str], out: str, err: str) -> None:
+    """In the forked process: `python SCRIPT ARGS`, then exit with its status. Never returns."""
     code = 1
     try:
         for fd, path in ((1, out), (2, err)):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-        sys.argv = [RUN_PY, *args]
+        script = str(ROOT / command[0])
+        sys.argv = list(command)  # as typed, from the repository's root
+        sys.path[0] = str(Path(script).parent)  # as `python SCRIPT` sets it
         try:
-            runpy.run_path(RUN_PY, run_name="__main__")
+            runpy.run_path(script, run_name="__main__")
             code = 0
         except SystemExit as error:
             code = _exit_code(error)
@@ -75,19 +69,20 @@ def child(args: list[str], out: str, err: str) -> None:
 
 
 def run_all(jobs: list[list[str]], at_once: int = AT_ONCE) -> list[dict[str, object]]:
-    """Each job in a forked child, `at_once` at a time; results in the jobs' order."""
+    """Each command ([script, arg, ...]) in a forked child, `at_once` at a time; results in the
+    jobs' order."""
     folder = Path(tempfile.mkdtemp(prefix="ffn-forked-"))
     running: dict[int, int] = {}  # pid -> job index
     codes: dict[int, int] = {}
     todo = list(enumerate(jobs))
     while todo or running:
         while todo and len(running) < at_once:
-            index, args = todo.pop(0)
+            index, command = todo.pop(0)
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
-                child(args, str(folder / f"{index}.out"), str(folder / f"{index}.err"))
+                child(command, str(folder / f"{index}.out"), str(folder / f"{index}.err"))
             running[pid] = index
         pid, status = os.wait()
         codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
@@ -104,6 +99,6 @@ def run_all(jobs: list[list[str]], at_once: int = AT_ONCE) -> list[dict[str, obj
 
 
 if __name__ == "__main__":
-    preload()
-    jobs = json.loads(Path(sys.argv[1]).read_text())
-    Path(sys.argv[2]).write_text(json.dumps(run_all(jobs)))
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    preload(spec["preload"])
+    Path(sys.argv[2]).write_text(json.dumps(run_all(spec["jobs"])))

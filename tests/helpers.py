@@ -45,22 +45,33 @@ def run_ffn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     return run_python("run.py", *args, timeout=timeout)
 
 
-def run_ffn_forked(
-    jobs: list[list[str]], timeout: float = 600
+# What `python run.py` imports, its jobs' lazy imports included (forked_runs.py preloads them)
+RUN_PY_IMPORTS = ["hydra", "torch.optim", "ffn.cli_errors", "ffn.config", "ffn.data.load"]
+RUN_PY_IMPORTS += ["ffn.job", "ffn.sweep"]
+
+
+def run_forked(
+    commands: list[list[str]], preload: list[str], timeout: float = 900
 ) -> list[subprocess.CompletedProcess[str]]:
-    """`python run.py ARGS` for each ARGS, each a real process forked from one that did the
-    imports once (tests/forked_runs.py): for tables of refusals, which would pay them each."""
+    """`python SCRIPT ARGS` for each [SCRIPT, *ARGS] (SCRIPT relative to the repository), each a
+    real process forked from one that imported `preload` once (tests/forked_runs.py): for
+    tables of commands whose processes are the point and whose imports are not."""
     with tempfile.TemporaryDirectory(prefix="ffn-jobs-") as folder:
         jobs_file, results_file = Path(folder) / "jobs.json", Path(folder) / "results.json"
-        jobs_file.write_text(json.dumps(jobs))
+        jobs_file.write_text(json.dumps({"preload": preload, "jobs": commands}))
         driver = str(ROOT / "tests" / "forked_runs.py")
         proc = run_python(driver, str(jobs_file), str(results_file), timeout=timeout)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results = json.loads(results_file.read_text())
     return [
-        subprocess.CompletedProcess(["run.py", *args], r["returncode"], r["stdout"], r["stderr"])
-        for args, r in zip(jobs, results, strict=True)
+        subprocess.CompletedProcess(command, r["returncode"], r["stdout"], r["stderr"])
+        for command, r in zip(commands, results, strict=True)
     ]
+
+
+def run_ffn_forked(jobs: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
+    """`python run.py ARGS` for each ARGS, forked (run_forked)."""
+    return run_forked([["run.py", *args] for args in jobs], RUN_PY_IMPORTS)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -1,20 +1,24 @@
 """The studies of experiments/: each smoke sweep run for real, then its analyze.py on the output.
 
-Each test runs `python run.py -m experiment=<name>_smoke hydra.sweep.dir=<tmp>` as a user would,
-then `python experiments/<study>/analyze.py <tmp> --out <tmp>/report`, and checks what the
-analysis found against what must hold whatever the (short) training did: the lasso path is
-sklearn's, ridge's is the closed form, 2/L brackets the least-squares edge, and so on.
+Each smoke sweep runs as `python run.py -m experiment=<name>_smoke hydra.sweep.dir=<tmp>` as a
+user would, then `python experiments/<study>/analyze.py <tmp> --out <tmp>/report`, and each test
+checks what its analysis found against what must hold whatever the (short) training did: the
+lasso path is sklearn's, ridge's is the closed form, 2/L brackets the least-squares edge, and so
+on. The commands run once, in a module fixture, two at a time, each a process forked from one
+that did the imports (helpers.run_forked): all sweeps first, then all analyses.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, run_ffn, run_python
+from helpers import ROOT, RUN_PY_IMPORTS, run_forked
 
 CONF = ROOT / "conf" / "experiment"
 STUDIES = {  # study folder -> the experiment configs its sweeps come from
@@ -27,23 +31,68 @@ STUDIES = {  # study folder -> the experiment configs its sweeps come from
 }
 
 
-def run_smoke(name: str, tmp_path: Path) -> Path:
-    """`python run.py -m experiment=<name>_smoke` into tmp_path/name; returns the sweep folder."""
-    sweep = tmp_path / name
-    proc = run_ffn("-m", f"experiment={name}_smoke", f"hydra.sweep.dir={sweep}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return sweep
+# What the analyses import (forked_runs.py preloads it)
+ANALYZE_IMPORTS = [
+    *("ffn.data", "ffn.losses", "ffn.report", "ffn.train", "matplotlib.pyplot"),
+    *("sklearn.linear_model", "sklearn.model_selection", "sklearn.neural_network"),
+]
 
 
-def analyze(study: str, sweeps: list[Path], tmp_path: Path) -> Path:
-    """The study's analyze.py on the sweeps, writing into tmp_path/report; returns that folder."""
-    report = tmp_path / "report"
-    script = ROOT / "experiments" / study / "analyze.py"
-    proc = run_python(str(script), *map(str, sweeps), "--out", str(report))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    readme = (report / "README.md").read_text()
+# Each analysis the tests check: (the study whose analyze.py runs, the sweeps it reads)
+ANALYSES = {
+    "activations_depth": ("activations_depth", ["activations_depth"]),
+    "lasso_ridge": ("lasso_ridge", ["lasso_ridge", "lasso_ridge_net"]),
+    "step_size": ("step_size", ["step_size"]),
+    "step_size_eos": ("step_size", ["step_size_eos"]),
+    "mnist1d": ("mnist1d", ["mnist1d"]),
+    "vs_sklearn": ("vs_sklearn", ["vs_sklearn"]),
+    "lars_diabetes": ("lars_diabetes", ["lars_diabetes"]),
+}
+
+
+@dataclass
+class Analysis:
+    sweeps: list[Path]  # the folders of its sweeps, in ANALYSES' order
+    report: Path  # analyze.py's --out
+    runs: list[subprocess.CompletedProcess[str]]  # the sweeps' processes
+    proc: subprocess.CompletedProcess[str] | None = None  # analyze.py's; None if a sweep failed
+
+
+@pytest.fixture(scope="module")
+def analyses(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Analysis]:
+    """Every smoke sweep, then every analysis of ANALYSES."""
+    base = tmp_path_factory.mktemp("experiments")
+    sweeps = {name: base / name for configs in STUDIES.values() for name in configs}
+    commands = [
+        ["run.py", "-m", f"experiment={name}_smoke", f"hydra.sweep.dir={folder}"]
+        for name, folder in sweeps.items()
+    ]
+    runs = dict(zip(sweeps, run_forked(commands, RUN_PY_IMPORTS), strict=True))
+    found = {
+        key: Analysis([sweeps[n] for n in names], base / key / "report", [runs[n] for n in names])
+        for key, (_, names) in ANALYSES.items()
+    }
+    ready = [key for key, a in found.items() if all(r.returncode == 0 for r in a.runs)]
+    commands = [
+        [f"experiments/{ANALYSES[key][0]}/analyze.py", *map(str, found[key].sweeps), "--out",
+         str(found[key].report)]
+        for key in ready
+    ]  # fmt: skip
+    for key, proc in zip(ready, run_forked(commands, ANALYZE_IMPORTS), strict=True):
+        found[key].proc = proc
+    return found
+
+
+def analyzed(analyses: dict[str, Analysis], key: str) -> tuple[list[Path], Path]:
+    """The analysis' sweeps and analyze.py's report folder, once all of them ended well."""
+    found = analyses[key]
+    for proc in found.runs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert found.proc is not None
+    assert found.proc.returncode == 0, found.proc.stderr[-3000:]
+    readme = (found.report / "README.md").read_text()
     assert "<!-- results: begin" in readme and "|---" in readme  # the table went in
-    return report
+    return found.sweeps, found.report
 
 
 def read_analysis(sweep: Path) -> dict:
@@ -77,9 +126,8 @@ def test_every_study_has_its_configs_write_up_and_script() -> None:
 
 
 @pytest.mark.slow
-def test_activations_depth(tmp_path: Path) -> None:
-    sweep = run_smoke("activations_depth", tmp_path)
-    report = analyze("activations_depth", [sweep], tmp_path)
+def test_activations_depth(analyses: dict[str, Analysis]) -> None:
+    [sweep], report = analyzed(analyses, "activations_depth")
     analysis = read_analysis(sweep)
     rows = analysis["rows"]
     assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)
@@ -96,10 +144,8 @@ def test_activations_depth(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_lasso_ridge(tmp_path: Path) -> None:
-    linear = run_smoke("lasso_ridge", tmp_path)
-    network = run_smoke("lasso_ridge_net", tmp_path)
-    analyze("lasso_ridge", [linear, network], tmp_path)
+def test_lasso_ridge(analyses: dict[str, Analysis]) -> None:
+    [linear, network], _ = analyzed(analyses, "lasso_ridge")
     paths = read_analysis(linear)
     # The runs converged to the penalised problems' minimisers: sklearn's lasso_path
     # (alpha = lam / 2, tol=1e-12) and ridge's closed form.
@@ -118,9 +164,8 @@ def test_lasso_ridge(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_step_size(tmp_path: Path) -> None:
-    sweep = run_smoke("step_size", tmp_path)
-    analyze("step_size", [sweep], tmp_path)
+def test_step_size(analyses: dict[str, Analysis]) -> None:
+    [sweep], _ = analyzed(analyses, "step_size")
     per_seed = read_analysis(sweep)["per_seed"]
     diabetes = per_seed["diabetes/0"]
     # Least squares: the Hessian is 2 X~'X~/n everywhere, so L is its closed form, and the
@@ -134,9 +179,8 @@ def test_step_size(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_step_size_edge_of_stability(tmp_path: Path) -> None:
-    sweep = run_smoke("step_size_eos", tmp_path)
-    report = analyze("step_size", [sweep], tmp_path)
+def test_step_size_edge_of_stability(analyses: dict[str, Analysis]) -> None:
+    [sweep], report = analyzed(analyses, "step_size_eos")
     assert (report / "edge_of_stability.png").is_file()
     rows = read_analysis(sweep)["rows"]
     assert sorted(r["lr"] for r in rows) == [0.1, 0.2]
@@ -151,9 +195,8 @@ def test_step_size_edge_of_stability(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_mnist1d(tmp_path: Path) -> None:
-    sweep = run_smoke("mnist1d", tmp_path)
-    report = analyze("mnist1d", [sweep], tmp_path)
+def test_mnist1d(analyses: dict[str, Analysis]) -> None:
+    [sweep], report = analyzed(analyses, "mnist1d")
     rows = read_analysis(sweep)["rows"]
     models = sorted(r["model"] for r in rows)
     # 2 seeds; hidden=[] ran under relu and tanh alike, and is kept once a seed
@@ -163,9 +206,8 @@ def test_mnist1d(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_vs_sklearn(tmp_path: Path) -> None:
-    sweep = run_smoke("vs_sklearn", tmp_path)
-    analyze("vs_sklearn", [sweep], tmp_path)
+def test_vs_sklearn(analyses: dict[str, Analysis]) -> None:
+    [sweep], _ = analyzed(analyses, "vs_sklearn")
     rows = read_analysis(sweep)["rows"]
     assert len(rows) == 4
     for r in rows:
@@ -187,9 +229,8 @@ def test_lars_diabetes_file_is_sklearns_copy_of_the_papers_data() -> None:
 
 
 @pytest.mark.slow
-def test_lars_diabetes(tmp_path: Path) -> None:
-    sweep = run_smoke("lars_diabetes", tmp_path)
-    analyze("lars_diabetes", [sweep], tmp_path)
+def test_lars_diabetes(analyses: dict[str, Analysis]) -> None:
+    [sweep], _ = analyzed(analyses, "lars_diabetes")
     result = read_analysis(sweep)
     # One lam in each of the paper's 2nd, 4th and 6th steps: the active sets are the first 2, 4
     # and 6 variables of its order of entry, and each run is the exact lasso solution.
