@@ -10,13 +10,12 @@ import math
 import subprocess
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import run_ffn
+from helpers import run_ffn, run_ffn_forked
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
@@ -64,13 +63,45 @@ def run_cli(folder: Path, *overrides: str, timeout: float = 300) -> FinishedRun:
     return FinishedRun(folder, proc, time.perf_counter() - started)
 
 
-def run_many(
-    base: Path, runs: dict[str, Iterable[str]], workers: int = 2
-) -> dict[str, FinishedRun]:
-    """Several independent runs, `workers` at a time; folder base/NAME for each."""
-    with ThreadPoolExecutor(workers) as pool:
-        futures = {name: pool.submit(run_cli, base / name, *o) for name, o in runs.items()}
-        return {name: future.result() for name, future in futures.items()}
+def run_many(base: Path, runs: dict[str, Iterable[str]]) -> dict[str, FinishedRun]:
+    """Several independent runs, two at a time, each a process forked from one that did the
+    imports (helpers.run_ffn_forked); folder base/NAME for each. Their `seconds` are NaN: the
+    wall a user waits is test_default_run_is_accurate_and_quick's, a plain process."""
+    names = list(runs)
+    jobs = [[*runs[name], f"hydra.run.dir={base / name}"] for name in names]
+    procs = zip(names, run_ffn_forked(jobs), strict=True)
+    return {name: FinishedRun(base / name, proc, math.nan) for name, proc in procs}
+
+
+# Every run the tests below read, run once for the module: name -> overrides
+RUNS: dict[str, tuple[str, ...]] = {
+    "short": SHORT,
+    # the determinism runs: the short run again, and with another seed
+    "same": SHORT,
+    "other": (*SHORT, "trainer.seed=1"),
+    # tasks
+    "diabetes": ("dataset=diabetes", "model=sigmoid", "trainer.max_epochs=2",
+                 "trainer.histogram_every=0"),
+    "moons": ("dataset=moons", "dataset.n_samples=300", "model=tanh", "trainer.max_epochs=2",
+              "trainer.histogram_every=0"),
+    # stopping rules and optimizers
+    # sgd's larger rate makes the soft-threshold eta*lam big enough to zero weights
+    "l1": ("model=relu", "penalty=l1", "penalty.lam=0.01", "optimizer=sgd",
+           "trainer.max_epochs=3", *QUIET),
+    "gd": ("optimizer=gd", "trainer.max_epochs=3", *QUIET),
+    # any change is under a huge tolerance: stops once patience epochs were calm
+    "rel_tol": ("trainer.rel_tol=1e9", "trainer.patience=2", "trainer.max_epochs=20", *QUIET),
+    "grad_tol": ("trainer.grad_tol=1e9", "trainer.max_epochs=20", *QUIET),
+    # a large constant rate on digits: val/loss is best early, then worse
+    "early_stopping": ("trainer.early_stopping=2", "optimizer.lr=0.03", "schedule=constant",
+                       "trainer.max_epochs=50", *QUIET),
+    "divergence": ("optimizer=sgd", "optimizer.lr=1e6", *QUIET),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, FinishedRun]:
+    return run_many(tmp_path_factory.mktemp("runs"), RUNS)
 
 
 def completed_ok(run: FinishedRun) -> dict:
@@ -103,8 +134,8 @@ def hparams_info(acc: event_accumulator.EventAccumulator):
 
 
 @pytest.fixture(scope="module")
-def short_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
-    return run_cli(tmp_path_factory.mktemp("short") / "run", *SHORT)
+def short_run(runs: dict[str, FinishedRun]) -> FinishedRun:
+    return runs["short"]
 
 
 @pytest.fixture(scope="module")
@@ -224,15 +255,8 @@ def test_scalars_agree_with_metrics_json(
 
 
 @pytest.fixture(scope="module")
-def task_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, FinishedRun]:
-    epochs = ("trainer.max_epochs=2", "trainer.histogram_every=0")
-    return run_many(
-        tmp_path_factory.mktemp("tasks"),
-        {
-            "diabetes": ("dataset=diabetes", "model=sigmoid", *epochs),
-            "moons": ("dataset=moons", "dataset.n_samples=300", "model=tanh", *epochs),
-        },
-    )
+def task_runs(runs: dict[str, FinishedRun]) -> dict[str, FinishedRun]:
+    return {name: runs[name] for name in ("diabetes", "moons")}
 
 
 @pytest.mark.slow
@@ -272,9 +296,8 @@ def test_two_dimensional_classification_logs_decision_regions(
 
 @pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics(
-    short_run: FinishedRun, tmp_path: Path
+    short_run: FinishedRun, runs: dict[str, FinishedRun]
 ) -> None:
-    runs = run_many(tmp_path, {"same": SHORT, "other": (*SHORT, "trainer.seed=1")})
     first = completed_ok(short_run)
     same, other = completed_ok(runs["same"]), completed_ok(runs["other"])
     # Determinism is bitwise by definition: exact equality is the point here
@@ -288,23 +311,8 @@ def test_same_seed_same_metrics_other_seed_other_metrics(
 
 
 @pytest.fixture(scope="module")
-def rule_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, FinishedRun]:
-    return run_many(
-        tmp_path_factory.mktemp("rules"),
-        {
-            # sgd's larger rate makes the soft-threshold eta*lam big enough to zero weights
-            "l1": ("model=relu", "penalty=l1", "penalty.lam=0.01", "optimizer=sgd",
-                   "trainer.max_epochs=3", *QUIET),
-            "gd": ("optimizer=gd", "trainer.max_epochs=3", *QUIET),
-            # any change is under a huge tolerance: stops once patience epochs were calm
-            "rel_tol": ("trainer.rel_tol=1e9", "trainer.patience=2", "trainer.max_epochs=20",
-                        *QUIET),
-            "grad_tol": ("trainer.grad_tol=1e9", "trainer.max_epochs=20", *QUIET),
-            # a large constant rate on digits: val/loss is best early, then worse
-            "early_stopping": ("trainer.early_stopping=2", "optimizer.lr=0.03",
-                               "schedule=constant", "trainer.max_epochs=50", *QUIET),
-        },
-    )  # fmt: skip
+def rule_runs(runs: dict[str, FinishedRun]) -> dict[str, FinishedRun]:
+    return {name: runs[name] for name in ("l1", "gd", "rel_tol", "grad_tol", "early_stopping")}
 
 
 @pytest.mark.slow
@@ -359,8 +367,8 @@ def test_early_stopping_keeps_the_best_model(rule_runs: dict[str, FinishedRun]) 
 # ---------------------------------------------------------------- divergence
 
 
-def test_divergence_is_a_result_not_a_crash(tmp_path: Path) -> None:
-    run = run_cli(tmp_path / "run", "optimizer=sgd", "optimizer.lr=1e6", *QUIET)
+def test_divergence_is_a_result_not_a_crash(runs: dict[str, FinishedRun]) -> None:
+    run = runs["divergence"]
     assert run.proc.returncode == 0, run.proc.stderr[-3000:]
     assert "Traceback" not in run.proc.stderr
     result = run.metrics_json  # valid JSON: NaN is written as null
