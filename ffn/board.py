@@ -88,7 +88,8 @@ def name_runs(paths: Sequence[Path], root: Path) -> list[BoardRun]:
     counts = {n: names.count(n) for n in names}
     runs = []
     for path, hparams, name in zip(paths, sessions, names, strict=True):
-        if counts[name] > 1:  # the same values twice (a duplicate job): say which folder
+        # the same values twice (a duplicate job), or the name of the diagnostics' folder
+        if counts[name] > 1 or name == DIAGNOSTICS_RUNS:
             name = _file_name(f"{name} [{_relative(path, root)}]")
         runs.append(BoardRun(path, name, hparams))
     return runs

@@ -139,7 +139,8 @@ def find_run_dirs(root: Path) -> list[Path]:
     found = {p.parent for p in root.rglob(run_record.METRICS_JSON)}
     for path in root.rglob(EVENT_GLOB):  # run/metrics/events...: the run is run/
         folder = path.parent
-        found.add(folder.parent if folder.name in run_record.EVENT_FOLDERS else folder)
+        in_run = folder.name in run_record.EVENT_FOLDERS and folder != root
+        found.add(folder.parent if in_run else folder)
     visible = [
         d for d in found if not any(part.startswith(".") for part in _relative(d, root).parts)
     ]

@@ -1,14 +1,16 @@
-"""Retake docs/hparams.png and docs/scalars.png: two sweeps (42 runs), ffn-board, headless Chromium.
+"""Retake docs/hparams.png, scalars.png, hparams_plain.png: two sweeps (42 runs), headless Chromium.
 
     python scripts/screenshots.py [--out docs] [--keep]
 
 Needs Chromium (Debian: `apt-get update && apt-get install -y chromium`). Not a test: run it by
 hand when the dashboards change. The sweeps run in a temporary folder (kept with --keep);
-`ffn-board` serves them on 127.0.0.1 only and is stopped at the end whatever happens.
+`ffn-board` and plain TensorBoard serve them on 127.0.0.1 only and are stopped at the end
+whatever happens.
 
 The shots are what a user gets from the links ffn-board prints: the HParams table with its
 default columns (the keys that vary, the headline metrics), sorted by val/accuracy as one click
-on its header would, and Scalars with every run ticked. Chromium is driven over the DevTools
+on its header would, and Scalars with every run ticked; and plain `tensorboard --logdir`'s
+HParams table as it first opens (hparams_plain.png). Chromium is driven over the DevTools
 protocol on a pipe (no extra packages); sorting uses the dashboard's own (private) Polymer
 properties, and if a TensorBoard release renames them the shot stays unsorted and says so.
 tests/test_dashboard.py drives the same functions.
@@ -20,6 +22,7 @@ import argparse
 import base64
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -200,6 +203,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_tensorboard(logdir: Path, port: int) -> subprocess.Popen[bytes]:
+    """Plain `tensorboard --logdir LOGDIR`, no ffn-board."""
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir)]
+    return subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, with its data server
+    )
+
+
+def stop(proc: subprocess.Popen[Any] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def start_board(logdir: Path, port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """`ffn-board LOGDIR` and the links it prints."""
     board = subprocess.Popen(
@@ -227,7 +247,8 @@ def wait_for_runs(url: str, n: int, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + "/data/runs", timeout=10) as response:
-                runs = [r for r in json.load(response) if not r.startswith("diagnostics/")]
+                # a run's diagnostics/ come as runs of their own (ffn/run_logger.py)
+                runs = [r for r in json.load(response) if "diagnostics" not in r.split("/")]
                 if len(runs) >= n:
                     time.sleep(3)  # let the HParams plugin read the session records too
                     return
@@ -237,25 +258,33 @@ def wait_for_runs(url: str, n: int, timeout: float = 120) -> None:
     raise TimeoutError(f"tensorboard did not list {n} runs in {timeout:.0f}s")
 
 
-def take_hparams(chromium: Chromium, url: str, path: Path) -> str:
-    """The HParams table as a user first sees it, sorted by SORT_BY; returns the page's text."""
+def take_hparams(chromium: Chromium, url: str, path: Path, sort: bool = True) -> str:
+    """The HParams table as a user first sees it, sorted by SORT_BY (unless `sort` is false);
+    returns the page's text."""
     chromium.open(url, 1900, 760)
-    outcome = None
-    for _ in range(60):
-        time.sleep(1)
-        outcome = chromium.evaluate(SORT_JS.replace("SORT_BY", json.dumps(SORT_BY)))
-        if outcome == "ok":
-            break
-    if outcome != "ok":
-        print("hparams: could not sort the table; unsorted it is", file=sys.stderr)
-    time.sleep(4)  # the re-sorted table comes back from the server
+    if sort:
+        outcome = None
+        for _ in range(60):
+            time.sleep(1)
+            outcome = chromium.evaluate(SORT_JS.replace("SORT_BY", json.dumps(SORT_BY)))
+            if outcome == "ok":
+                break
+        if outcome != "ok":
+            print("hparams: could not sort the table; unsorted it is", file=sys.stderr)
+    elif ticked_columns(chromium, None) is None:
+        print("hparams: the table never loaded", file=sys.stderr)
+    time.sleep(4)  # the (re-sorted) table comes back from the server
     chromium.screenshot(path)
     return chromium.evaluate(TEXT_JS) or ""
 
 
-def ticked_columns(chromium: Chromium, url: str, timeout: int = 60) -> dict[str, list] | None:
-    """The HParams page's ticked columns once it has loaded (None if it never does)."""
-    chromium.open(url, 1900, 760)
+def ticked_columns(
+    chromium: Chromium, url: str | None, timeout: int = 60
+) -> dict[str, list] | None:
+    """The HParams page's ticked columns once it has loaded (None if it never does); `url`
+    None: the page open now."""
+    if url is not None:
+        chromium.open(url, 1900, 760)
     for _ in range(timeout):
         time.sleep(1)
         ticked = chromium.evaluate(TICKED_JS)
@@ -283,15 +312,20 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ffn-screenshots-"))
     outputs = work / "outputs"
-    board = None
+    board = plain = None
     try:
         n_runs = run_sweeps(outputs)
-        # what `ffn-board outputs/multirun` shows: both sweeps
+        # what `ffn-board outputs/multirun` and `tensorboard --logdir outputs/multirun` show
         board, links = start_board(outputs / "multirun", free_port())
+        unsorted = functools.partial(take_hparams, sort=False)  # as plain TensorBoard opens
+        port = free_port()
+        plain, plain_url = start_tensorboard(outputs / "multirun", port), f"http://127.0.0.1:{port}"
         wait_for_runs(links["time series"], n_runs)
+        wait_for_runs(plain_url, n_runs)
         shots = (
             (take_hparams, links["hparams"], "hparams.png"),
             (take_scalars, links["scalars"], "scalars.png"),
+            (unsorted, f"{plain_url}/#hparams", "hparams_plain.png"),
         )
         for take, url, name in shots:
             chromium = Chromium(executable, str(work / f"profile-{name}"))  # a fresh profile
@@ -300,9 +334,8 @@ def main() -> int:
             finally:
                 chromium.close()
     finally:
-        if board is not None and board.poll() is None:
-            os.killpg(board.pid, signal.SIGTERM)
-            board.wait(timeout=30)
+        stop(board)
+        stop(plain)
         if args.keep:
             print(f"outputs kept in {outputs}")
         else:

@@ -23,7 +23,14 @@ from ffn.hparams import (
     experiment_keys,
     headline_metrics,
 )
-from ffn.report import direction_for, load_run, read_event_files, summarize, write_report
+from ffn.report import (
+    direction_for,
+    find_run_dirs,
+    load_run,
+    read_event_files,
+    summarize,
+    write_report,
+)
 from ffn.run_logger import RunLogger
 from ffn.sweep import JobDiverged, compose_each_job_once, hand_back
 
@@ -147,7 +154,8 @@ def test_event_files_stand_in_for_metrics_json(tmp_path: Path) -> None:
     logger = RunLogger(tmp_path)
     logger.hparams_start({"model": "relu", "optimizer.lr": 0.1})
     for epoch, loss in enumerate([0.9, 0.5, 0.3], start=1):
-        logger.scalars({"train/loss": loss, "val/loss": loss + 0.1, "train/lr": 0.1}, epoch)
+        scalars = {"train/loss": loss, "val/loss": loss + 0.1, "train/lr": 0.1}
+        logger.scalars({**scalars, "train/penalty": loss / 10}, epoch)  # diagnostics/: beside
     logger.scalars({"test/loss": 0.45}, 3)
     logger.hparams_end("completed")
     logger.close()
@@ -157,7 +165,7 @@ def test_event_files_stand_in_for_metrics_json(tmp_path: Path) -> None:
     assert record["status"] == "completed"
     assert record["epochs"] == 3
     assert record["metrics"] == pytest.approx(
-        {"train/loss": 0.3, "val/loss": 0.4, "test/loss": 0.45}
+        {"train/loss": 0.3, "val/loss": 0.4, "test/loss": 0.45, "train/penalty": 0.03}
     )
     run = load_run(tmp_path, tmp_path)
     assert run.status == "completed"
@@ -177,6 +185,9 @@ def test_event_files_tell_diverged_from_failed(tmp_path: Path) -> None:
     logger.close()
     assert read_event_files(tmp_path / "running")["status"] == "running"
     assert read_event_files(tmp_path / "empty") is None
+    # each found as the run folder, not as its metrics/ event folder
+    found = find_run_dirs(tmp_path)
+    assert found == [tmp_path / name for name in ("diverged", "failed", "running")]
 
 
 # ---------------------------------------------------------------------------- hand-back
