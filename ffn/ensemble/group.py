@@ -27,6 +27,7 @@ from torch import Tensor
 from ffn import interrupt, train
 from ffn.ensemble.optim import StackedOptimizer
 from ffn.ensemble.stack import StackedNet, StackedPenalty
+from ffn.errors import ConfigError
 from ffn.step import manual_gradients
 
 
@@ -108,6 +109,10 @@ class Member:
 
     def adopt(self, run: train.Run) -> None:
         """Take the Run's minibatches and step; learn its stop flag when it starts training."""
+        world = getattr(run, "world", None)
+        if world is not None and world.size > 1:  # a member is one process's whole job
+            allowed = "basic under torchrun (each rank trains a shard of one job)"
+            raise ConfigError("hydra/launcher", "ensemble", allowed)
         self.run = run
         run.minibatches = self.minibatches
         run.step = self.step
