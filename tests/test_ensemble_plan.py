@@ -7,7 +7,8 @@ from helpers import ROOT
 from hydra import compose, initialize_config_dir
 
 from ffn.config import register_configs
-from ffn.ensemble.plan import group_key, plan
+from ffn.ensemble.plan import check_config, group_key, plan
+from ffn.errors import ConfigError
 
 
 def configs(*jobs: list[str]):
@@ -43,3 +44,19 @@ def test_max_members_caps_a_group() -> None:
     assert plan(jobs, max_members=2) == [[0, 1], [2, 3], [4]]
     with pytest.raises(Exception, match=r"hydra\.launcher\.max_members"):
         plan(jobs, max_members=0)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.backend=autograd", "model.backend"),
+        ("trainer.compile=true", "trainer.compile"),
+        ("trainer.step=autograd", "trainer.step"),
+    ],
+)
+def test_what_no_ensemble_can_do_is_refused_naming_the_key(override: str, key: str) -> None:
+    (cfg,) = configs([override])
+    with pytest.raises(ConfigError) as refused:
+        check_config(cfg)
+    assert refused.value.key == key and "hydra/launcher=basic" in str(refused.value)
+    check_config(configs([])[0])  # the defaults are fine

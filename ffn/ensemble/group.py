@@ -27,6 +27,7 @@ from torch import Tensor
 from ffn import interrupt, train
 from ffn.ensemble.optim import StackedOptimizer
 from ffn.ensemble.stack import StackedNet, StackedPenalty
+from ffn.errors import ConfigError
 from ffn.step import manual_gradients
 
 
@@ -108,6 +109,10 @@ class Member:
 
     def adopt(self, run: train.Run) -> None:
         """Take the Run's minibatches and step; learn its stop flag when it starts training."""
+        world = getattr(run, "world", None)
+        if world is not None and world.size > 1:  # a member is one process's whole job
+            allowed = "basic under torchrun (each rank trains a shard of one job)"
+            raise ConfigError("hydra/launcher", "ensemble", allowed)
         self.run = run
         run.minibatches = self.minibatches
         run.step = self.step
@@ -120,7 +125,8 @@ class Member:
         run.train = train_member
 
     def minibatches(self, order: Tensor | None, batch: int, first: int):
-        """Run.minibatches' indices; the rows are gathered for all members at once."""
+        """Run.minibatches' minibatch bounds, without its rows: `Stack.minibatch` gathers every
+        member's rows at once. Yields (index, None, None); `request` holds the bounds."""
         n = self.run.data.x_train.shape[0]
         for i, start in enumerate(range(0, n, batch)):
             if i < first:
@@ -137,8 +143,12 @@ class Member:
     def resume(self, value: Any) -> None:
         """Run the job until it waits on its next step, or returns (then `result` is set)."""
         if self.context is not None:
+            # Hydra's config (a process-wide singleton, which ffn.job reads) and the root
+            # logger's handlers (its run.log) are the last job's: make them this job's again.
             self.group.hydra.cfg, logging.root.handlers = self.context[0], list(self.context[1])
         self.request = None
+        # A greenlet not yet started is falsy; its first switch must pass no argument (the
+        # launch function takes none)
         out = self.greenlet.switch(value) if self.greenlet else self.greenlet.switch()
         if self.greenlet.dead:
             self.result, self.request = out, None

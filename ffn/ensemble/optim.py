@@ -97,7 +97,7 @@ class StackedOptimizer:
 
     def _column(self, values: Tensor, like: Tensor) -> Tensor:
         """(E,) float64 -> (E, 1, ...) in `like`'s dtype (torch.optim casts its scalars so)."""
-        return values.view(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+        return values.view(-1, *([1] * (like.ndim - 1))).to(device=like.device, dtype=like.dtype)
 
     def _constant(self, name: str, like: Tensor) -> Tensor:
         """A hyperparameter's column (`lr`, `1-beta1`, ...), cast once per shape and lr."""
