@@ -1,13 +1,22 @@
 """ffn.sklearn's estimators against MLPClassifier / MLPRegressor: the whole `fit`, same settings.
 
-Each configuration is fitted by both estimators with the same network, optimizer, batch size,
-epochs, float64 and no penalty, in paired rounds (each round fits both, the order alternating),
-so load from other jobs falls on both alike. Both run on one thread (torch's, and the BLAS that
-scikit-learn's numpy uses, through threadpoolctl), and both run every epoch they are given
-(n_iter_no_change above max_iter; lbfgs: tol 0), so the work is the same. `--dtype OURS,THEIRS`
-sets ffn's dtype and the dtype of the X scikit-learn gets (it computes in X's dtype). Printed:
-the machine and its load, the median wall time of each arm, the median of the per-round
-ratios, and the epochs each ran.
+Each configuration is fitted by both estimators with the same network (64 ReLU units), optimizer,
+batch size, number of epochs, dtype and no penalty, in paired rounds (each round fits both, the
+order alternating), so load from other jobs falls on both alike. The same work on both sides:
+
+- adam: both run every epoch (n_iter_no_change above max_iter), batches of 200, lr 1e-3;
+- lbfgs: scipy's L-BFGS-B stops itself (its ftol) even with tol=0, so a first, untimed sklearn
+  fit says how many iterations it makes, and ffn is given exactly that many (tol=0);
+- threads: one each, torch's (`num_threads=1`) and the BLAS numpy uses (threadpoolctl); on a
+  2-core machine shared with other jobs a second thread only waits;
+- dtype: `--dtype OURS,THEIRS` sets ffn's dtype and the dtype of the X scikit-learn gets (it
+  computes in X's dtype); float64 both by default, as both estimators default to.
+
+Each arm is fitted once, untimed, before the rounds (imports and first-call costs out of the
+comparison). Printed: the machine, its load, torch's and numpy's BLAS, then per configuration the
+medians of wall time and of CPU time (this process's, so time spent waiting for a core while
+other jobs run is left out) and the medians of the per-round ratios sklearn / ffn (> 1: ffn
+faster), with the epochs each ran.
 
     python benchmarks/bench_estimators.py [--pairs 5] [--epochs 100] [--dtype float32,float32]
 """
@@ -22,13 +31,16 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
 from sklearn.datasets import load_digits, make_friedman1
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from ffn.sklearn import FFNClassifier, FFNRegressor
+
+HIDDEN = (64,)
 
 
 def cpu_model() -> str:
@@ -36,6 +48,14 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown CPU"
+
+
+def blas() -> str:
+    """The BLAS behind numpy (threadpoolctl) and behind torch (its build config)."""
+    numpy_blas = [f"{i['internal_api']} {i['version']}" for i in threadpool_info()]
+    config = torch.__config__.show()
+    torch_blas = "MKL" if "Math Kernel Library" in config else "its own build's BLAS"
+    return f"numpy: {', '.join(numpy_blas) or 'unknown'}; torch {torch.__version__}: {torch_blas}"
 
 
 def data(task: str):
@@ -46,28 +66,33 @@ def data(task: str):
     return StandardScaler().fit_transform(x), y
 
 
-def pair(task: str, solver: str, epochs: int, dtype: str):
-    """(ffn estimator, sklearn estimator) with the same settings."""
-    hidden = (64,)
-    common = dict(max_iter=epochs, random_state=0, alpha=0.0)
+def theirs_of(task: str, solver: str, epochs: int):
+    """scikit-learn's estimator for the configuration."""
+    common = dict(hidden_layer_sizes=HIDDEN, max_iter=epochs, random_state=0, alpha=0.0)
     if solver == "lbfgs":
-        ours = dict(optimizer="lbfgs", tol=0.0, n_iter_no_change=epochs + 1)
-        theirs = dict(solver="lbfgs", tol=0.0, max_fun=10**6, **common)
+        settings = dict(solver="lbfgs", tol=0.0, max_fun=10**6, **common)
     else:
-        ours = dict(optimizer="adam", lr=1e-3, batch_size=200, n_iter_no_change=epochs + 1)
-        theirs = dict(solver="adam", learning_rate_init=1e-3, batch_size=200, **common)
-        theirs["n_iter_no_change"] = epochs + 1
-    ours |= dict(hidden_layer_sizes=hidden, max_epochs=epochs, random_state=0, num_threads=1)
-    ours["dtype"] = dtype
-    if task == "classification":
-        return FFNClassifier(**ours), MLPClassifier(hidden_layer_sizes=hidden, **theirs)
-    return FFNRegressor(**ours), MLPRegressor(hidden_layer_sizes=hidden, **theirs)
+        settings = dict(solver="adam", learning_rate_init=1e-3, batch_size=200, **common)
+        settings["n_iter_no_change"] = epochs + 1
+    return (MLPClassifier if task == "classification" else MLPRegressor)(**settings)
 
 
-def timed_fit(estimator, x, y) -> float:
-    start = time.perf_counter()
+def ours_of(task: str, solver: str, epochs: int, dtype: str):
+    """ffn's estimator for the same configuration, running every one of `epochs`."""
+    settings = dict(hidden_layer_sizes=HIDDEN, max_epochs=epochs, random_state=0, num_threads=1)
+    settings |= dict(dtype=dtype, n_iter_no_change=epochs + 1)
+    if solver == "lbfgs":
+        settings |= dict(optimizer="lbfgs", tol=0.0)
+    else:
+        settings |= dict(optimizer="adam", lr=1e-3, batch_size=200)
+    return (FFNClassifier if task == "classification" else FFNRegressor)(**settings)
+
+
+def timed_fit(estimator, x, y) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of one fit."""
+    wall, cpu = time.perf_counter(), time.process_time()
     estimator.fit(x, y)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
@@ -79,33 +104,51 @@ def main() -> None:
         default="float64,float64",
         help="ffn's dtype, then the dtype of the X sklearn gets (it computes in X's dtype)",
     )
+    parser.add_argument("--only", default="", help="run only configurations containing this")
     args = parser.parse_args()
     ours_dtype, theirs_dtype = args.dtype.split(",")
     warnings.simplefilter("ignore", ConvergenceWarning)
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
-    print(f"dtype: ffn {ours_dtype}, sklearn {theirs_dtype}")
+    print(f"BLAS: {blas()}; one thread each")
+    print(f"dtype: ffn {ours_dtype}, sklearn {theirs_dtype}; {args.pairs} pairs")
     configs = [(t, s) for t in ("classification", "regression") for s in ("adam", "lbfgs")]
-    print(f"{'configuration':<28} {'ffn s':>8} {'sklearn s':>10} {'ratio':>7}  epochs ffn/sklearn")
+    print(
+        f"{'configuration':<28} {'ffn s':>7} {'sk s':>7} {'wall':>6} {'ffn cpu':>8} "
+        f"{'sk cpu':>7} {'cpu':>6}  epochs ffn/sklearn"
+    )
     with threadpool_limits(1):
         for task, solver in configs:
+            name = f"{task} {solver}"
+            if args.only not in name:
+                continue
             x, y = data(task)
             x_theirs = x.astype(theirs_dtype)
-            walls: dict[str, list[float]] = {"ffn": [], "sklearn": []}
-            ratios, epochs = [], None
+            epochs = args.epochs
+            warm_theirs = theirs_of(task, solver, epochs).fit(x_theirs, y)
+            if solver == "lbfgs":  # the iterations scipy makes before its own stop
+                epochs = warm_theirs.n_iter_
+            ours_of(task, solver, epochs, ours_dtype).fit(x, y)
+            times = {k: {"ffn": [], "sklearn": []} for k in ("wall", "cpu")}
+            ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
             for i in range(args.pairs):
-                ours, theirs = pair(task, solver, args.epochs, ours_dtype)
+                ours = ours_of(task, solver, epochs, ours_dtype)
+                theirs = theirs_of(task, solver, args.epochs)
                 order = [("ffn", ours, x), ("sklearn", theirs, x_theirs)]
-                for name, est, xs in order if i % 2 == 0 else order[::-1]:
-                    walls[name].append(timed_fit(est, xs, y))
-                ratios.append(walls["sklearn"][-1] / walls["ffn"][-1])
-                epochs = (ours.n_iter_, theirs.n_iter_)
-            name = f"{task} {solver} {x.shape[0]}x{x.shape[1]}"
+                for arm, est, xs in order if i % 2 == 0 else order[::-1]:
+                    wall, cpu = timed_fit(est, xs, y)
+                    times["wall"][arm].append(wall)
+                    times["cpu"][arm].append(cpu)
+                for k in ratios:
+                    ratios[k].append(times[k]["sklearn"][-1] / times[k]["ffn"][-1])
+            med = {k: {arm: statistics.median(v) for arm, v in d.items()} for k, d in times.items()}
+            label = f"{name} {x.shape[0]}x{x.shape[1]}"
             print(
-                f"{name:<28} {statistics.median(walls['ffn']):8.3f} "
-                f"{statistics.median(walls['sklearn']):10.3f} {statistics.median(ratios):6.2f}x"
-                f"  {epochs[0]}/{epochs[1]}  (load {os.getloadavg()[0]:.2f})"
+                f"{label:<28} {med['wall']['ffn']:7.3f} {med['wall']['sklearn']:7.3f} "
+                f"{statistics.median(ratios['wall']):5.2f}x {med['cpu']['ffn']:8.3f} "
+                f"{med['cpu']['sklearn']:7.3f} {statistics.median(ratios['cpu']):5.2f}x"
+                f"  {ours.n_iter_}/{theirs.n_iter_}  (load {os.getloadavg()[0]:.2f})"
             )
-    print("ratio: the median over pairs of sklearn's fit time / ffn's; > 1 means ffn is faster")
+    print("ratio: the median over pairs of sklearn's time / ffn's; > 1 means ffn is faster")
 
 
 if __name__ == "__main__":

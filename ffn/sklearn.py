@@ -43,6 +43,7 @@ from torch import Tensor
 
 from ffn.eager_optim import eager_class
 from ffn.errors import ConfigError
+from ffn.heap import kept_heap
 from ffn.metrics import epoch_scalars, evaluate, metric_name
 from ffn.model import FeedForward
 from ffn.optimizers import OPTIMIZERS, OptimizerChoice
@@ -220,7 +221,7 @@ class _FFNEstimator(BaseEstimator):
     # --- training ----------------------------------------------------------------------------
 
     def _fit(self, X, y, incremental: bool, classes=None):
-        with torch_threads(self.num_threads):
+        with torch_threads(self.num_threads), kept_heap():  # pages reused step to step
             return self._fit_here(X, y, incremental, classes)
 
     def _fit_here(self, X, y, incremental: bool, classes):
@@ -261,19 +262,22 @@ class _FFNEstimator(BaseEstimator):
         batch = n if choice.full_batch else min(self.batch_size, n)
         step = lbfgs_step if isinstance(self._optimizer, torch.optim.LBFGS) else train_step
         penalised = penalty.parameters(self._model)
+        model, optimizer, task = self._model, self._optimizer, self._task
         best_state = None
+        starts = range(0, n, batch)
+        sizes = torch.tensor([min(batch, n - s) for s in starts], dtype=x.dtype, device=x.device)
         for _ in range(epochs):
-            total = x.new_zeros(())
-            order = None if batch == n else torch.as_tensor(self._random_state.permutation(n))
-            for start in range(0, n, batch):
-                if order is None:
-                    xb, tb = x, t
-                else:
-                    idx = order[start : start + batch].to(x.device)
-                    xb, tb = x[idx], t[idx]
-                loss = step(self._model, self._optimizer, penalty, xb, tb, self._task)
-                total += loss * xb.shape[0]
-            with torch.no_grad():
+            if batch == n:  # the same tensors every epoch: L-BFGS's closure cache keys on them
+                xs, ts = x, t
+            else:  # one gather an epoch, then each batch a block of rows (a view, no kernel)
+                order = torch.as_tensor(self._random_state.permutation(n), device=x.device)
+                xs, ts = x[order], t[order]
+            losses = [
+                step(model, optimizer, penalty, xs[s : s + batch], ts[s : s + batch], task)
+                for s in starts
+            ]
+            with torch.no_grad():  # the mean of the batches' losses, weighted by their sizes
+                total = torch.stack(losses).to(sizes) @ sizes
                 objective = total / n + penalty.value(penalised).to(total)
             self.loss_curve_.append(float(objective))  # the epoch's one host sync
             self.n_iter_ += 1

@@ -20,6 +20,7 @@ from ffn.losses import TASKS, loss_function
 from ffn.step import (
     autograd_train_step,
     compile_gradients,
+    is_fused_adam,
     is_plain_sgd,
     manual_gradients,
     sgd_update_,
@@ -208,6 +209,52 @@ def test_plain_sgd_fast_update_is_bitwise_sgd_with_a_schedule() -> None:
         assert torch.equal(a, b)
     momentum = torch.optim.SGD(fast.parameters(), lr=0.1, momentum=0.9)
     assert not is_plain_sgd(momentum)
+
+
+@pytest.mark.parametrize("settings", [{}, {"weight_decay": 0.1}, {"decoupled_weight_decay": True}])
+def test_fused_adam_fast_update_is_bitwise_torchs_with_a_schedule(settings) -> None:
+    # train_step calls fused Adam's kernel directly after the first step: parameters and state
+    # (moments, step counts) must stay bitwise those of torch.optim.Adam(fused=True).step().
+    fast = FeedForward(4, [8], 3, seed=0, dtype=torch.float64)
+    slow = copy.deepcopy(fast)
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    penalty = Penalty("l2", 0.01)
+    opt_fast, opt_slow = (
+        torch.optim.Adam(m.parameters(), lr=0.01, fused=True, **settings) for m in (fast, slow)
+    )
+    sched_fast, sched_slow = (
+        torch.optim.lr_scheduler.ExponentialLR(o, 0.5) for o in (opt_fast, opt_slow)
+    )
+    assert is_fused_adam(opt_fast)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            train_step(fast, opt_fast, penalty, x, y, "classification")
+            sched_fast.step()
+            manual_gradients(slow, x, y, "classification")
+            penalty.add_gradient_(penalty.parameters(slow))
+            opt_slow.step()
+            sched_slow.step()
+    for a, b in zip(fast.parameters(), slow.parameters(), strict=True):
+        assert torch.equal(a, b)
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt_fast.state[a][key], opt_slow.state[b][key])
+    assert opt_fast.state_dict()["param_groups"] == opt_slow.state_dict()["param_groups"]
+
+
+def test_fused_adam_fast_update_leaves_what_it_cannot_do_to_torch() -> None:
+    model = FeedForward(4, [8], 3, seed=0, dtype=torch.float64)
+    params = list(model.parameters())
+    assert not is_fused_adam(torch.optim.Adam(params))  # foreach, not fused
+    assert not is_fused_adam(torch.optim.Adam(params, fused=True, amsgrad=True))
+    hooked = torch.optim.Adam(params, fused=True)
+    calls = []
+    hooked.register_step_post_hook(lambda *_: calls.append(1))
+    assert not is_fused_adam(hooked)
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    for _ in range(3):
+        train_step(model, hooked, None, x, y, "classification")
+    assert len(calls) == 3  # every step through torch.optim, so the hook ran every time
 
 
 def _runner_config(**trainer: object):
