@@ -21,6 +21,7 @@ import torch
 from helpers import ROOT, ffn_env
 from test_config import compose_config
 
+from ffn import run_record
 from ffn.config import register_configs
 from ffn.distributed import World
 from ffn.errors import ConfigError
@@ -124,9 +125,9 @@ def test_only_rank_zero_writes(world_sweep: Path) -> None:
     pids = set()
     for job in range(len(OPTIMIZERS)):
         run_dir = world_sweep / str(job)
-        events = list(run_dir.glob("events.out.tfevents.*"))
-        assert len(events) == 1  # a second rank's SummaryWriter would add its own
-        pids.add(events[0].name.split(".")[5])  # events.out.tfevents.TIME.HOST.PID.N
+        events = run_record.event_files(run_dir)
+        assert events  # a second rank's SummaryWriters would add their own, with their pid
+        pids.update(e.name.split(".")[-2] for e in events)  # events.out.tfevents.T.HOST.PID.N
         pids.add((run_dir / ".ffn.lock").read_text().split()[1])  # "pid N"
         names = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
         expected = {
@@ -138,7 +139,7 @@ def test_only_rank_zero_writes(world_sweep: Path) -> None:
             ".hydra/hydra.yaml",
             ".hydra/overrides.yaml",
         }
-        assert names - {events[0].name} == expected
+        assert names - {e.relative_to(run_dir).as_posix() for e in events} == expected
     assert len(pids) == 1, pids
     summary = (world_sweep / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + len(OPTIMIZERS)  # written once, by rank 0
