@@ -381,8 +381,8 @@ def join_before_hydra(argv: list[str]) -> None:
     """run.py under torchrun, before Hydra composes: one clock, one folder, one writer.
 
     Every rank composes the config; with rank 0's start time every ${now:...} (hydra.run.dir,
-    hydra.sweep.dir) names the same folder. Ranks other than 0 configure no job logging, so
-    they write no run.log into rank 0's folder.
+    hydra.sweep.dir) names the same folder. Ranks other than 0 configure no logging, so they
+    write no run.log into rank 0's folder and do not repeat its lines.
     """
     w = world()
     if w.size == 1:
@@ -399,8 +399,9 @@ def join_before_hydra(argv: list[str]) -> None:
             return start
 
     hydra_utils.datetime = _AgreedClock  # Hydra's ${now:} resolver reads this module global
-    if not w.writes and not any(a.startswith("hydra/job_logging=") for a in argv):
-        argv.append("hydra/job_logging=none")
+    for group in ("hydra/job_logging", "hydra/hydra_logging"):  # rank 0 logs, for the world
+        if not w.writes and not any(a.startswith(f"{group}=") for a in argv):
+            argv.append(f"{group}=none")
 
 
 def remove_if_empty(folder: Path) -> None:
