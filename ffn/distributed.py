@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -141,21 +142,21 @@ class World:
         self.post("decision", {"kind": "train", "config": config, "payload": payload})
         self._announced = True
 
-    @contextlib.contextmanager
-    def leading(self) -> Iterator[None]:
-        """Rank 0's job: however it ends, the other ranks learn it (and its exit status)."""
-        code = 1
+    def lead(self, job: Callable[[], float]) -> float:
+        """Rank 0's job: however it ends, the other ranks learn it, its exit status and value."""
+        code, value = 1, math.nan
         try:
-            yield
+            value = job()
             code = 0
+            return value
         except SystemExit as done:
             code = done.code if isinstance(done.code, int) else 1
             raise
         finally:
             with contextlib.suppress(Exception):
                 if not self._announced:  # refused, already ended, interrupted before training
-                    self.post("decision", {"kind": "end", "code": code})
-                self.post("end", {"code": code})
+                    self.post("decision", {"kind": "end", "code": code, "value": value})
+                self.post("end", {"code": code, "value": value})
             if code:  # the process ends now: torchrun's SIGTERM, once another rank has ended
                 # with this status, must not make this rank's status -15
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
