@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -141,21 +142,21 @@ class World:
         self.post("decision", {"kind": "train", "config": config, "payload": payload})
         self._announced = True
 
-    @contextlib.contextmanager
-    def leading(self) -> Iterator[None]:
-        """Rank 0's job: however it ends, the other ranks learn it (and its exit status)."""
-        code = 1
+    def lead(self, job: Callable[[], float]) -> float:
+        """Rank 0's job: however it ends, the other ranks learn it, its exit status and value."""
+        code, value = 1, math.nan
         try:
-            yield
+            value = job()
             code = 0
+            return value
         except SystemExit as done:
             code = done.code if isinstance(done.code, int) else 1
             raise
         finally:
             with contextlib.suppress(Exception):
                 if not self._announced:  # refused, already ended, interrupted before training
-                    self.post("decision", {"kind": "end", "code": code})
-                self.post("end", {"code": code})
+                    self.post("decision", {"kind": "end", "code": code, "value": value})
+                self.post("end", {"code": code, "value": value})
             if code:  # the process ends now: torchrun's SIGTERM, once another rank has ended
                 # with this status, must not make this rank's status -15
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -381,8 +382,8 @@ def join_before_hydra(argv: list[str]) -> None:
     """run.py under torchrun, before Hydra composes: one clock, one folder, one writer.
 
     Every rank composes the config; with rank 0's start time every ${now:...} (hydra.run.dir,
-    hydra.sweep.dir) names the same folder. Ranks other than 0 configure no job logging, so
-    they write no run.log into rank 0's folder.
+    hydra.sweep.dir) names the same folder. Ranks other than 0 configure no logging, so they
+    write no run.log into rank 0's folder and do not repeat its lines.
     """
     w = world()
     if w.size == 1:
@@ -399,8 +400,9 @@ def join_before_hydra(argv: list[str]) -> None:
             return start
 
     hydra_utils.datetime = _AgreedClock  # Hydra's ${now:} resolver reads this module global
-    if not w.writes and not any(a.startswith("hydra/job_logging=") for a in argv):
-        argv.append("hydra/job_logging=none")
+    for group in ("hydra/job_logging", "hydra/hydra_logging"):  # rank 0 logs, for the world
+        if not w.writes and not any(a.startswith(f"{group}=") for a in argv):
+            argv.append(f"{group}=none")
 
 
 def remove_if_empty(folder: Path) -> None:

@@ -242,8 +242,7 @@ def run_job(cfg: DictConfig) -> float:
     world.begin_job()  # under torchrun: rank 0 runs the job, the others follow its decisions
     if not world.writes:
         return _follow(cfg, world)
-    with world.leading():
-        return _run_job(cfg)
+    return world.lead(lambda: _run_job(cfg))
 
 
 def _follow(cfg: DictConfig, world: distributed.World) -> float:
@@ -256,24 +255,20 @@ def _follow(cfg: DictConfig, world: distributed.World) -> float:
     for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
         root.removeHandler(handler)  # Hydra's run.log is rank 0's (submitit starts us so)
         handler.close()
-    decision, result = {"kind": "end"}, None
     try:
-        decision = world.wait("decision")
-        if decision["kind"] == "train":
-            saved = OmegaConf.create(decision["config"])
+        end = world.wait("decision")
+        if end["kind"] == "train":
+            saved = OmegaConf.create(end["config"])
             with contextlib.suppress(ConfigError):  # rank 0 says it, in one line
-                result = train(saved, run_dir, resume_from=decision["payload"])
-            code = world.wait("end", interruptible=False)["code"]
+                train(saved, run_dir, resume_from=end["payload"])
+            end = world.wait("end", interruptible=False)
         else:
             distributed.remove_if_empty(run_dir)  # rank 0 refused and left no folder
-            code = decision["code"]
     except interrupt.Interrupted as stopped:  # before training: rank 0 went, or a signal came
-        code = stopped.flag.exit_code
-    if code and not multirun:
-        sys.exit(code)
-    if code or result is None or result.status != "completed":
-        return math.nan
-    return result.metrics.get(saved.optimized_metric, math.nan)
+        end = {"code": stopped.flag.exit_code, "value": math.nan}
+    if end["code"] and not multirun:
+        sys.exit(end["code"])
+    return end["value"]  # rank 0's, so that a sweeper on every rank sees the same results
 
 
 def _run_job(cfg: DictConfig) -> float:
