@@ -172,14 +172,22 @@ def test_digits_file_is_load_digits() -> None:
 @pytest.mark.slow
 def test_a_default_run_imports_no_dynamo_sklearn_scipy_or_pyplot(tmp_path: Path) -> None:
     """The default job (digits, Adam, cosine, histograms, figures, checkpoints), two epochs, in
-    a fresh process: torch.optim steps without torch._dynamo, digits loads without sklearn,
-    the figures are drawn without pyplot."""
+    a fresh process: torch.optim steps without torch._dynamo (and so does every torch.optim
+    optimizer built by ffn.eager_optim), digits loads without sklearn, the figures are drawn
+    without pyplot."""
     code = (
         "import atexit, runpy, sys\n"
         "heavy = ('sklearn', 'scipy', 'torch._dynamo', 'matplotlib.pyplot')\n"
         "atexit.register(lambda: print('LOADED', sorted(m for m in heavy if m in sys.modules)))\n"
         f"sys.argv = ['run.py', 'trainer.max_epochs=2', 'hydra.run.dir={tmp_path}']\n"
         "runpy.run_path('run.py', run_name='__main__')\n"
+        # then every torch.optim optimizer, eager, steps and saves in the same process
+        "import torch; from ffn.eager_optim import eager_class\n"
+        "for name in ('Adam', 'AdamW', 'SGD', 'RMSprop', 'Adagrad', 'NAdam', 'RAdam', 'Rprop',\n"
+        "             'Adamax', 'Adadelta', 'ASGD', 'Adafactor', 'Muon'):\n"
+        "    p = torch.ones(3, 2, requires_grad=True); p.grad = torch.ones(3, 2)\n"
+        "    o = eager_class(getattr(torch.optim, name))([p], lr=0.1); o.step()\n"
+        "    o.load_state_dict(o.state_dict()); o.zero_grad()\n"
     )
     proc = run_python("-c", code, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
