@@ -46,6 +46,8 @@ from ffn.sweep_guard import (
 log = logging.getLogger(__name__)
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
 # The sweep in progress in this process (callback, config), for a sweeper that raises at the end
 ACTIVE: tuple[SummaryCallback, DictConfig] | None = None
 
@@ -84,7 +86,8 @@ class SummaryCallback(Callback):
             distributed.world().post("sweep_claimed", {})
         ACTIVE = (self, config)
         loader = _hydra_config_loader()
-        if loader is not None:
+        # the basic sweeper validates each batch before launching it (Optuna's does not)
+        if loader is not None and str(config.hydra.sweeper._target_) == BASIC_SWEEPER:
             compose_each_job_once(loader)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -155,9 +158,9 @@ def _hydra_config_loader() -> Any:
 
 
 def compose_each_job_once(loader: Any) -> None:
-    """One composition a job where Hydra's sweepers make two (`load_sweep_config`'s caller).
+    """One composition a job where Hydra's basic sweeper makes two (`load_sweep_config`'s callers).
 
-    A sweeper composes every job of a batch to refuse a bad one before any runs
+    The sweeper composes every job of a batch to refuse a bad one before any runs
     (`validate_batch_is_legal`), then its launcher composes each again to run it: 0.3-0.8 s a
     job on a 2-core machine. Here the first call gets a copy (the validation drops it) and the
     config itself is kept for the next call with the same overrides, the launcher's, once
