@@ -21,7 +21,7 @@ import torch
 from helpers import ROOT, ffn_env
 from test_config import compose_config
 
-from ffn import run_record
+from ffn import distributed, run_record
 from ffn.config import register_configs
 from ffn.distributed import World
 from ffn.errors import ConfigError
@@ -117,6 +117,9 @@ def test_two_ranks_train_as_one_process(world_sweep: Path, tmp_path: Path, job: 
     assert record["status"] == "completed"
     assert OPTIMIZERS[job] in (world_sweep / str(job) / ".hydra" / "overrides.yaml").read_text()
     assert_close(record["metrics"], expected, payload["model"], expected_params)
+    if job == 0:  # the single process just trained here: a world of one, no store, no group
+        world = distributed.world()
+        assert (world.size, world.store, world.backend) == (1, None, None)
 
 
 @pytest.mark.slow
