@@ -268,14 +268,14 @@ class _FFNEstimator(BaseEstimator):
         sizes = torch.tensor([min(batch, n - s) for s in starts], dtype=x.dtype, device=x.device)
         for _ in range(epochs):
             if batch == n:  # the same tensors every epoch: L-BFGS's closure cache keys on them
-                xs, ts = x, t
+                losses = [step(model, optimizer, penalty, x, t, task)]
             else:  # one gather an epoch, then each batch a block of rows (a view, no kernel)
                 order = torch.as_tensor(self._random_state.permutation(n), device=x.device)
                 xs, ts = x[order], t[order]
-            losses = [
-                step(model, optimizer, penalty, xs[s : s + batch], ts[s : s + batch], task)
-                for s in starts
-            ]
+                losses = [
+                    step(model, optimizer, penalty, xs[s : s + batch], ts[s : s + batch], task)
+                    for s in starts
+                ]
             with torch.no_grad():  # the mean of the batches' losses, weighted by their sizes
                 total = torch.stack(losses).to(sizes) @ sizes
                 objective = total / n + penalty.value(penalised).to(total)

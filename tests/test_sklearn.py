@@ -219,3 +219,18 @@ def test_estimator_optimizers(iris, optimizer: str, cls: str, settings: dict) ->
     if optimizer == "lbfgs":
         assert group["line_search_fn"] == "strong_wolfe" and group["tolerance_grad"] == 1e-12
         assert group["tolerance_change"] == torch.finfo(torch.float64).eps
+
+
+def test_lbfgs_epochs_reuse_the_last_line_search_evaluation(monkeypatch) -> None:
+    """Each L-BFGS iteration starts at the point the last line search ended on; the estimator
+    passes the same tensors every epoch, so the closure answers that point from its cache."""
+    import ffn.step
+
+    restored = []
+    restore = ffn.step._Evaluation.restore
+    monkeypatch.setattr(
+        ffn.step._Evaluation, "restore", lambda self, p: restored.append(1) or restore(self, p)
+    )
+    x, y = load_diabetes(return_X_y=True)
+    FFNRegressor((4,), optimizer="lbfgs", tol=0.0, max_epochs=6, random_state=0).fit(x, y)
+    assert len(restored) >= 5  # every iteration after the first
