@@ -121,7 +121,8 @@ _ENTRIES = [
         name="leaky_relu",
         formula="g(z) = z if z > 0 else a z; g' = 1 if g(z) > 0 else a  (a >= 0)",
         forward=lambda z, p: torch.where(z > 0, z, z * p),
-        derivative=lambda h, p: torch.where(h > 0, h.new_ones(()), h.new_full((), p)),
+        # p: a number, or an ensemble's per-member column (E, 1, 1) (ffn/ensemble/stack.py)
+        derivative=lambda h, p: torch.where(h > 0, h.new_ones(()), p),
         saves="output",
         native=lambda z, p: F.leaky_relu(z, p),
         init="he",

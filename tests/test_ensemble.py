@@ -55,6 +55,22 @@ def test_stacked_gradients_equal_each_member_alone(name: str, task: str, one_thr
             torch.testing.assert_close(s.grad[e], q.grad, **TOL)
 
 
+@pytest.mark.parametrize("name", ["leaky_relu", "elu"])
+def test_stacked_gradients_with_each_members_activation_param(name: str, one_thread) -> None:
+    params = [0.01, 0.3, 1.5]
+    models = [
+        FeedForward(D, [5, 4], M, activation=name, activation_param=a, seed=s, dtype=torch.float64)
+        for s, a in enumerate(params)
+    ]
+    x, y = member_data("classification")
+    net = StackedNet(models)
+    manual_gradients(net, x, y, "classification")
+    for e, model in enumerate(models):
+        manual_gradients(model, x[e], y[e], "classification")
+        for p, s in zip(model.parameters(), net.parameters(), strict=True):
+            torch.testing.assert_close(s.grad[e], p.grad, **TOL)
+
+
 def test_stacked_gradients_without_bias_and_single_neuron(one_thread) -> None:
     for hidden, bias in (((5,), False), ((), True)):
         models = members("tanh", hidden, bias)

@@ -1,7 +1,8 @@
 """Which jobs of a sweep train together: a group per key (torch-free; the launcher reads it).
 
 Members of a group may differ in every numeric hyperparameter (lr, betas, momentum, dampening,
-weight decay, penalty.lam and l1_ratio, schedule parameters), in trainer.seed and in the loop's
+weight decay, penalty.lam and l1_ratio, schedule parameters, model.activation_param), in
+trainer.seed and in the loop's
 stopping rules and logging; everything that shapes the batched step must agree (GROUP_KEYS).
 """
 
@@ -21,7 +22,10 @@ UNBATCHED_FLAGS = ("amsgrad", "maximize")  # true: the job runs alone
 # Keys that shape the batched step: jobs that agree on all of them form a group
 GROUP_KEYS = (
     "dataset",  # the data and its split (each seed its own split of the same sizes)
-    "model",  # architecture, activation and its parameter, bias, backend
+    "model.hidden",
+    "model.activation",  # its activation_param may differ
+    "model.bias",
+    "model.backend",
     "penalty.name",
     "penalty.method",
     "penalty.include_bias",

@@ -23,12 +23,18 @@ class StackedNet:
     def __init__(self, models: Sequence[FeedForward]) -> None:
         first = models[0]
         self.activation: Activation = first.activation
-        self.activation_param = first.activation_param
         for model in models:
             if model.activation is not first.activation or model.hidden != first.hidden:
                 raise ValueError("an ensemble's members share one architecture")
-            if model.activation_param != first.activation_param:
-                raise ValueError("an ensemble's members share model.activation_param")
+        params = [m.activation_param for m in models]
+        weight = first.layer_parameters()[0][0]
+        # One number when the members agree (the single run's arithmetic exactly); else each
+        # member's own, a column (E, 1, 1) in the weights' dtype, as the number is cast
+        self.activation_param: float | Tensor = (
+            params[0]
+            if len(set(params)) == 1
+            else torch.tensor(params, dtype=weight.dtype, device=weight.device).view(-1, 1, 1)
+        )
         with torch.no_grad():
             self.layers = [
                 (
