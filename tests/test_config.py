@@ -454,17 +454,19 @@ IDENTITY = {"dataset": "name", "model": "activation", "penalty": "name"}
 
 
 def _defaults_of(group: str, section: dict) -> dict:
-    """The schema's defaults for `group`; for the open groups, the signature's of its target."""
+    """The schema's defaults for `group`; for the open groups, the signature's of its target,
+    overridden by the keys the schema itself sets (its lr stays unless a file restates it)."""
     import inspect
 
     from hydra.utils import get_class
 
     from ffn.config import Config
 
+    schema = OmegaConf.to_container(OmegaConf.structured(Config)[group])
     if group not in ("optimizer", "schedule"):
-        return OmegaConf.to_container(OmegaConf.structured(Config)[group])
+        return schema
     parameters = inspect.signature(get_class(section["_target_"])).parameters
-    return {name: p.default for name, p in parameters.items()}
+    return {name: p.default for name, p in parameters.items()} | schema
 
 
 @pytest.mark.parametrize(
