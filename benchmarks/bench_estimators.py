@@ -27,6 +27,8 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -95,6 +97,51 @@ def timed_fit(estimator, x, y) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+FIRST_FIT = """
+import time, warnings
+from threadpoolctl import threadpool_limits
+import benchmarks.bench_estimators as bench
+warnings.simplefilter("ignore")
+x, y = bench.data({task!r})
+est = bench.{arm}_of({task!r}, {solver!r}, {epochs}, *{ours_dtype!r})
+x = x.astype({x_dtype!r})
+with threadpool_limits(1):
+    start = time.perf_counter()
+    est.fit(x, y)
+print(time.perf_counter() - start)
+"""
+
+
+def first_fits(pairs: int, epochs: int, ours_dtype: str, theirs_dtype: str) -> None:
+    """The first fit in a fresh process (imports done, first-call costs in), paired rounds."""
+    root = Path(__file__).resolve().parents[1]
+    for task, solver in (("classification", "adam"), ("regression", "lbfgs")):
+        walls: dict[str, list[float]] = {"ours": [], "theirs": []}
+        for i in range(pairs):
+            for arm in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
+                ours = arm == "ours"
+                code = FIRST_FIT.format(
+                    task=task,
+                    solver=solver,
+                    epochs=epochs,
+                    arm=arm,
+                    ours_dtype=(ours_dtype,) if ours else (),
+                    x_dtype="float64" if ours else theirs_dtype,
+                )
+                out = subprocess.run(
+                    [sys.executable, "-c", code], cwd=root, capture_output=True, text=True
+                )
+                walls[arm].append(float(out.stdout.split()[-1]))
+        ours, theirs = statistics.median(walls["ours"]), statistics.median(walls["theirs"])
+        ratio = statistics.median(
+            t / o for o, t in zip(walls["ours"], walls["theirs"], strict=True)
+        )
+        print(
+            f"first fit, fresh process: {task} {solver:<6} ffn {ours:.3f} s, sklearn "
+            f"{theirs:.3f} s, {ratio:.2f}x  (load {os.getloadavg()[0]:.2f})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=5)
@@ -105,6 +152,9 @@ def main() -> None:
         help="ffn's dtype, then the dtype of the X sklearn gets (it computes in X's dtype)",
     )
     parser.add_argument("--only", default="", help="run only configurations containing this")
+    parser.add_argument(
+        "--first", action="store_true", help="also time the first fit in fresh processes"
+    )
     args = parser.parse_args()
     ours_dtype, theirs_dtype = args.dtype.split(",")
     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -148,6 +198,8 @@ def main() -> None:
                 f"{med['cpu']['sklearn']:7.3f} {statistics.median(ratios['cpu']):5.2f}x"
                 f"  {ours.n_iter_}/{theirs.n_iter_}  (load {os.getloadavg()[0]:.2f})"
             )
+    if args.first:
+        first_fits(args.pairs, args.epochs, ours_dtype, theirs_dtype)
     print("ratio: the median over pairs of sklearn's time / ffn's; > 1 means ffn is faster")
 
 
