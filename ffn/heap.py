@@ -5,7 +5,8 @@ allocator is malloc), and frees them when the step ends. glibc hands free memory
 its heap back to the kernel once more than its trim threshold is free, so the next step's
 tensors fault every page in again: a 100-iteration L-BFGS fit on 5000 x 10 with 64 hidden units
 took 269,000 minor page faults and 0.6 s of system time out of 1.1 s of CPU; with 256 MiB of top
-pad, 3,400 faults and 0.25 s in all (tests/test_sklearn.py checks the faults, docs/sklearn.md
+pad, 3,400-7,800 faults and 0.34-0.40 s in all (tests/test_sklearn.py::
+test_lbfgs_fit_reuses_pages_across_steps checks the faults; docs/sklearn.md
 has the figures). scikit-learn's MLP reuses its own buffers, so it never meets this.
 
 Inside `kept_heap`, M_TOP_PAD is how much free memory glibc keeps at the top of the heap when it
