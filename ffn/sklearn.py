@@ -271,7 +271,7 @@ class _FFNEstimator(BaseEstimator):
                 losses = [step(model, optimizer, penalty, x, t, task)]
             else:  # one gather an epoch, then each batch a block of rows (a view, no kernel)
                 order = torch.as_tensor(self._random_state.permutation(n), device=x.device)
-                xs, ts = x[order], t[order]
+                xs, ts = x.index_select(0, order), t.index_select(0, order)  # x[order]: 2.5x
                 losses = [
                     step(model, optimizer, penalty, xs[s : s + batch], ts[s : s + batch], task)
                     for s in starts
