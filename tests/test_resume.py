@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import ROOT, ffn_env, run_ffn
+from helpers import ROOT, ffn_env, run_ffn, run_ffn_forked
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
@@ -241,7 +241,7 @@ def _hollow_folder(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def background(base: Path) -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]:
-    """The runs nobody interrupts, two at a time beside the interrupted ones in the foreground."""
+    """The runs nobody interrupts, beside the interrupted ones in the foreground."""
     runs = {
         "reference": (base / "reference", RUN),  # the interrupted runs, left alone
         "diverged": (base / "diverged", DIVERGES),
@@ -249,8 +249,11 @@ def background(base: Path) -> Iterator[dict[str, Future[subprocess.CompletedProc
         "garbage": (_garbage_folder(base / "garbage"), RESUME),
         "hollow": (_hollow_folder(base / "hollow"), RESUME),
     }
-    with ThreadPoolExecutor(2) as pool:
-        yield {name: pool.submit(run_cli, folder, *o) for name, (folder, o) in runs.items()}
+    jobs = [[*o, f"hydra.run.dir={folder}"] for folder, o in runs.values()]
+    # one batch: each run a process forked from one that did the imports, two at a time
+    with ThreadPoolExecutor(1) as pool:
+        batch = pool.submit(run_ffn_forked, jobs)
+        yield {name: pool.submit(lambda i=i: batch.result()[i]) for i, name in enumerate(runs)}
 
 
 @pytest.fixture(scope="module")
