@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ffn.functions import linear_forward, mse_forward, softmax_cross_entropy_forward
+from ffn.functions import linear_forward, mse_forward, softmax_cross_entropy_value
 from ffn.losses import loss_function
 from ffn.model import FeedForward
 
@@ -48,7 +48,7 @@ def evaluate(
     if model.backend == "manual":
         out, preactivations = formula_forward(model, x)
         if task == "classification":
-            loss = softmax_cross_entropy_forward(out, y)[0]
+            loss = softmax_cross_entropy_value(out, y)
         else:
             loss = mse_forward(out, y)
     else:
