@@ -71,7 +71,9 @@ def save(run_dir: Path, payload: dict[str, Any]) -> Path:
 
     # Serialised in memory first: a full disk is then an OSError naming its errno, not
     # torch's "unexpected pos" RuntimeError from inside its zip writer
-    run_record.write_atomic(path, lambda f: f.write(_serialised(data)), before_rename=keep_previous)
+    run_record.write_atomic(
+        path, lambda f: f.write(_serialised(data)), before_rename=keep_previous, may_wait=True
+    )
     return path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ffn import run_record
 from ffn.activations import ACTIVATIONS
 from ffn.ensemble.optim import StackedOptimizer
 from ffn.ensemble.stack import StackedNet, StackedPenalty
@@ -168,3 +169,36 @@ def test_stacked_optimizer_steps_equal_torch_optim_per_member(case, penalty, one
             for k, v in state.items():
                 assert mine[key][k].dtype == v.dtype, k
                 torch.testing.assert_close(mine[key][k], v, **TOL)
+
+
+def test_checkpoints_of_a_round_are_fsynced_together_and_renamed_in_order(tmp_path) -> None:
+    """Inside fsyncs_together a waiting write leaves the old file in place until the round is
+    synced; then each file, and what its before_rename moved aside, is as written alone."""
+    folders = [tmp_path / str(i) for i in range(3)]
+    for folder in folders:
+        folder.mkdir()
+        (folder / "last.pt").write_bytes(b"old")
+
+    def save(folder, data):
+        def keep_previous():
+            (folder / "last.pt").replace(folder / "previous.pt")
+
+        run_record.write_atomic(
+            folder / "last.pt", lambda f: f.write(data), before_rename=keep_previous, may_wait=True
+        )
+
+    with run_record.fsyncs_together():
+        for folder in folders:
+            save(folder, b"new")
+        save(folders[0], b"newer")  # a second save of one file in the same round
+        assert all((f / "last.pt").read_bytes() == b"old" for f in folders)
+        run_record.sync_waiting()
+        assert (folders[0] / "last.pt").read_bytes() == b"newer"
+        assert (folders[0] / "previous.pt").read_bytes() == b"new"
+        save(folders[1], b"newer")  # waits for the end of the block
+    assert (folders[1] / "last.pt").read_bytes() == b"newer"
+    assert (folders[2] / "last.pt").read_bytes() == b"new"
+    assert (folders[2] / "previous.pt").read_bytes() == b"old"
+    assert not list(tmp_path.rglob("*.tmp"))
+    save(folders[2], b"alone")  # outside: written at once
+    assert (folders[2] / "last.pt").read_bytes() == b"alone"

@@ -137,8 +137,13 @@ def test_both_launchers_leave_the_same_files_tags_and_keys(
         assert tags(member) == tags(alone), job
         assert record(member).keys() == record(alone).keys()
         assert record(member)["timing"].keys() == record(alone)["timing"].keys()
-        overrides = OmegaConf.load(member / ".hydra" / "overrides.yaml")
-        assert list(overrides) == list(OmegaConf.load(alone / ".hydra" / "overrides.yaml"))
+        for name in ("config.yaml", "overrides.yaml"):  # a member's config may be derived
+            assert (member / ".hydra" / name).read_text() == (alone / ".hydra" / name).read_text()
+        mine, theirs = (OmegaConf.load(f / ".hydra" / "hydra.yaml").hydra for f in (member, alone))
+        assert mine.job == theirs.job and mine.overrides.task == theirs.overrides.task
+        mine.runtime.choices.pop("hydra/launcher")
+        theirs.runtime.choices.pop("hydra/launcher")
+        assert mine.runtime.choices == theirs.runtime.choices
         assert "run folder" in (member / "run.log").read_text()
     summary = (ensemble_sweep / "summary.csv").read_text()
     assert summary.count("\n") == (basic_sweep / "summary.csv").read_text().count("\n")

@@ -24,7 +24,7 @@ from greenlet import getcurrent, greenlet
 from hydra.core.hydra_config import HydraConfig
 from torch import Tensor
 
-from ffn import interrupt, train
+from ffn import interrupt, run_record, train
 from ffn.ensemble.optim import StackedOptimizer
 from ffn.ensemble.stack import StackedNet, StackedPenalty
 from ffn.errors import ConfigError
@@ -120,7 +120,9 @@ class Member:
 
         def train_member(logger, stop):
             self.stop = stop
-            return train_alone(logger, stop)
+            result = train_alone(logger, stop)
+            run_record.sync_waiting()  # its last checkpoint on disk before its record says so
+            return result
 
         run.train = train_member
 
@@ -178,13 +180,17 @@ class Group:
         handlers = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
         train.RUN_HOOKS.append(self._adopt)
         try:
-            for member in self.members:  # each job runs up to its first step (or its end)
-                member.resume(None)
-            while waiting := [m for m in self.members if m.waiting]:
-                for batch in _aligned(waiting):
-                    losses = self._step(batch).unbind(0)
-                    for member, loss in zip(batch, losses, strict=True):
-                        member.resume(loss)
+            # The members' checkpoints of one round (all at the same epoch's end) are fsynced
+            # together once the round is done, not one after another (run_record)
+            with run_record.fsyncs_together():
+                for member in self.members:  # each job runs up to its first step (or its end)
+                    member.resume(None)
+                while waiting := [m for m in self.members if m.waiting]:
+                    for batch in _aligned(waiting):
+                        losses = self._step(batch).unbind(0)
+                        for member, loss in zip(batch, losses, strict=True):
+                            member.resume(loss)
+                        run_record.sync_waiting()
         finally:
             train.RUN_HOOKS.remove(self._adopt)
             for s, handler in handlers.items():  # each member restored its own, out of order

@@ -48,8 +48,12 @@ class EnsembleLauncher(Launcher):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        from ffn.ensemble.compose import compose_by_template
+
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         _refuse_unless_fit(config)
+        # One composition per group: members that differ in values only are derived from it
+        compose_by_template(hydra_context.config_loader)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
