@@ -23,8 +23,8 @@ from ffn.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
-PREVIOUS = Path("checkpoints") / "previous.pt"  # the checkpoint before last.pt
+# The folder's names have their home in the torch-free run record (job.py reads them first)
+CHECKPOINT, PREVIOUS = run_record.CHECKPOINT, run_record.PREVIOUS
 BEST = Path("checkpoints") / "best.pt"  # early stopping: the weights that were best on val
 FORMAT = "ffn-checkpoint-1"
 BEST_FORMAT = "ffn-best-weights-1"

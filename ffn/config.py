@@ -159,6 +159,13 @@ def check_trainer(cfg: DictConfig | Any) -> None:
     """The loop's keys, and the training step they and model.backend choose."""
     from ffn.step import check_step
 
+    check_trainer_loop(cfg)
+    t = cfg.trainer
+    check_step(t.step, cfg.model.backend, t.compile)
+
+
+def check_trainer_loop(cfg: DictConfig | Any) -> None:
+    """The loop's own keys (epochs, batches, tolerances, threads, seed, ...): no torch needed."""
     t = cfg.trainer
     if t.max_epochs < 1:
         raise ConfigError("trainer.max_epochs", t.max_epochs, "an integer >= 1")
@@ -186,7 +193,16 @@ def check_trainer(cfg: DictConfig | Any) -> None:
     if t.dist_backend not in BACKENDS:
         allowed = "auto (nccl on CUDA, gloo on CPU), gloo or nccl"
         raise ConfigError("trainer.dist_backend", t.dist_backend, allowed)
-    check_step(t.step, cfg.model.backend, t.compile)
+
+
+def check_before_torch(cfg: DictConfig | Any) -> None:
+    """What `validate` checks that needs no torch, for the job to refuse before it imports torch
+    (seconds): the loop's keys, the optimizer's and schedule's numbers against their ranges.
+    Cheap, and run again by `validate`'s one pass, which decides everything else."""
+    from ffn import targets
+
+    check_trainer_loop(cfg)
+    targets.check_given_ranges(cfg)
 
 
 def check_optimizer_and_schedule(cfg: DictConfig | Any) -> None:

@@ -21,16 +21,21 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ffn import checkpoint, distributed, interrupt, run_record, sizes, sweep_guard
+from ffn import interrupt, launch_env, run_record, sizes, sweep_guard
+from ffn.config import check_before_torch
 from ffn.errors import ConfigError
 from ffn.hparams import chosen_hparams, experiment_keys
-from ffn.train import train
+
+# torch comes with ffn.checkpoint, ffn.distributed and ffn.train, imported where they are first
+# needed: a value refused by the checks that need no torch costs no torch import (seconds)
+if TYPE_CHECKING:
+    from ffn import distributed
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,7 @@ def holds_run(run_dir: Path) -> bool:
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / checkpoint.CHECKPOINT).is_file() or (run_dir / checkpoint.PREVIOUS).is_file()
+    return (run_dir / run_record.CHECKPOINT).is_file() or (run_dir / run_record.PREVIOUS).is_file()
 
 
 def _clear_stale(run_dir: Path) -> None:
@@ -176,8 +181,10 @@ def resumed_config(run_dir: Path, cfg: DictConfig) -> tuple[DictConfig, dict[str
     Everything is checked against the run's record (.hydra/) before any of it is used: the
     checkpoint is data, and its config is not trusted to name what may be imported.
     """
+    from ffn import checkpoint
+
     payload = checkpoint.load(run_dir)  # data only: weights_only, nothing imported
-    path = str(run_dir / checkpoint.CHECKPOINT)
+    path = str(run_dir / run_record.CHECKPOINT)
     hydra_dir = run_dir / run_record.HYDRA_RECORD
     try:
         recorded = OmegaConf.load(hydra_dir / "config.yaml")
@@ -236,9 +243,11 @@ def resumed_config(run_dir: Path, cfg: DictConfig) -> tuple[DictConfig, dict[str
 def run_job(cfg: DictConfig) -> float:
     """Train one configuration; returns `optimized_metric` (NaN unless the run completed)."""
     interrupt.catch_early()  # a signal from here on ends the job in one line, not a traceback
-    world = distributed.world()
-    if world.size == 1:
+    if launch_env.place().size == 1:
         return _run_job(cfg)
+    from ffn import distributed
+
+    world = distributed.world()
     world.begin_job()  # under torchrun: rank 0 runs the job, the others follow its decisions
     if not world.writes:
         return _follow(cfg, world)
@@ -247,6 +256,9 @@ def run_job(cfg: DictConfig) -> float:
 
 def _follow(cfg: DictConfig, world: distributed.World) -> float:
     """A rank other than 0: train what rank 0 decided, write nothing, end as rank 0 ends."""
+    from ffn import distributed
+    from ffn.train import train
+
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -337,8 +349,13 @@ def _run_locked(
             value = (previous.get("metrics") or {}).get(cfg.optimized_metric)
             return math.nan if value is None else value
         stale = payload is None and holds_run(run_dir)  # auto, and nothing to resume
-        # train() validates the config in one pass before it loads or builds anything
+        # train() validates the config in one pass before it loads or builds anything; what
+        # needs no torch is refused here, before torch is imported
+        check_before_torch(cfg)
         sizes.check_data_size(cfg.dataset)
+        from ffn import distributed
+        from ffn.train import train
+
         hparams = hyperparameters(cfg)
 
         def mark_started(run: Any) -> None:
@@ -402,7 +419,7 @@ def _refuse(error: ConfigError, run_dir: Path, multirun: bool, fresh: bool) -> N
 
 def _cannot_write(error: OSError, run_dir: Path, started: float) -> NoReturn:
     """A full or read-only output folder: one line, the last good checkpoint untouched."""
-    kept = run_dir / checkpoint.CHECKPOINT
+    kept = run_dir / run_record.CHECKPOINT
     note = f"{kept} is kept" if kept.is_file() else "no checkpoint was written"
     try:  # a small file may still fit where a checkpoint did not
         elapsed = round(time.time() - started, 3)

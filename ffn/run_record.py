@@ -29,6 +29,8 @@ from typing import IO, Any
 METRICS_JSON = "metrics.json"
 HYDRA_RECORD = ".hydra"  # config.yaml, hydra.yaml, overrides.yaml: how the run was configured
 LOCK = ".ffn.lock"  # held (flock) by the process writing the folder; holds its pid
+CHECKPOINT = Path("checkpoints") / "last.pt"  # written by ffn.checkpoint
+PREVIOUS = Path("checkpoints") / "previous.pt"  # the checkpoint before last.pt
 
 # TensorBoard event folders of a run, siblings so that the HParams dashboard takes only the
 # headline curves as metrics (ffn/run_logger.py says why): the HParams session, the headline

@@ -133,6 +133,19 @@ def check_ranges(group: str, kwargs: dict[str, Any]) -> None:
             raise ConfigError(f"{group}.{key}", kwargs[key], allowed)
 
 
+def check_given_ranges(cfg: DictConfig) -> None:
+    """check_ranges over the numbers each group sets, before its target is imported: what is
+    not a number is left to `check`, which first holds it against the target's signature."""
+    for group in RANGES:
+        _, kwargs = arguments(cfg[group])
+        numbers = {k: v for k, v in kwargs.items() if _is_number(v) or _are_numbers(v)}
+        check_ranges(group, numbers)
+
+
+def _are_numbers(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)
+
+
 def build(group: str, node: DictConfig | dict[str, Any], runtime: Any, eager: bool = False) -> Any:
     """`_target_(runtime, **keys)`: the optimizer around the parameters, the schedule around
     the optimizer. Refusals, torch's own included, become one ConfigError.

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_ffn, run_ffn_forked
+from helpers import run_ffn, run_ffn_forked, run_python
 
 from ffn.run_record import event_files
 
@@ -311,3 +311,16 @@ def test_bad_input_is_refused_in_one_line(case: Case, results: dict[str, Result]
     assert not event_files(run)
     if case.name not in PREPARED:  # a refused command leaves no run folder at all
         assert not run.exists(), sorted(p.name for p in run.iterdir())
+
+
+@pytest.mark.parametrize("override", ["optimizer.lr=0", "trainer.batch_size=0"])
+def test_a_value_that_needs_no_torch_is_refused_before_torch_is_imported(
+    override: str, tmp_path: Path
+) -> None:
+    """config.check_before_torch: the job refuses these before it imports torch (seconds)."""
+    proc = run_python("-X", "importtime", "run.py", override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("ffn: error:")
+    imported = [line.rpartition("|")[2].strip() for line in proc.stderr.splitlines()]
+    assert "torch" not in imported
+    assert "ffn.job" in imported  # the job ran its checks
