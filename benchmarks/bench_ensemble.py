@@ -17,12 +17,18 @@ thread CPU time, medians over repeats (the order of the two rotating).
 
     python benchmarks/bench_ensemble.py --step [--sizes tiny small] [--members 1 8 32 128]
     python benchmarks/bench_ensemble.py --whole [--sweeps moons digits] [--epochs N] [--repeats 3]
+    python benchmarks/bench_ensemble.py --against ../main-checkout [--sweeps moons] [--repeats 2]
+
+`--against TREE`: the ensemble sweep in another checkout of ffn (main before a change, run with
+this interpreter) and in this one, alternating: wall and the process tree's CPU (user + sys),
+medians: what a change to the ensemble gained, with less of the machine's load in the CPU column.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -119,15 +125,50 @@ def step_table(sizes: list[str], members: list[int], repeats: int) -> None:
 # ---------------------------------------------------------------------------- whole process
 
 
-def sweep_seconds(overrides: list[str], launcher: str, folder: Path) -> float:
+def sweep_seconds(overrides: list[str], launcher: str, folder: Path, root: Path = ROOT) -> float:
+    return sweep_times(overrides, launcher, folder, root)[0]
+
+
+def sweep_times(
+    overrides: list[str], launcher: str, folder: Path, root: Path = ROOT
+) -> tuple[float, float]:
+    """(wall, CPU user + sys) seconds of `python run.py -m ...` run in `root`."""
     command = [sys.executable, "run.py", "-m", *overrides, f"hydra/launcher={launcher}"]
     command.append(f"hydra.sweep.dir={folder}")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    return seconds
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return seconds, cpu
+
+
+def against_table(other: Path, sweeps: list[str], epochs: int | None, repeats: int) -> None:
+    print(f"\nensemble sweep, {other} against this checkout, {repeats} alternating pairs:")
+    print("| sweep | other wall | this wall | other CPU | this CPU | load before / after |")
+    print("|---|---:|---:|---:|---:|---|")
+    trees = {"other": other.resolve(), "this": ROOT}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sweeps:
+            overrides = [*SWEEPS[name], *GRID, "trainer.progress=false"]
+            if epochs:
+                overrides.append(f"trainer.max_epochs={epochs}")
+            times: dict[str, list[tuple[float, float]]] = {"other": [], "this": []}
+            load = os.getloadavg()[0]
+            for r in range(repeats):
+                for tree in ["other", "this"] if r % 2 == 0 else ["this", "other"]:
+                    folder = Path(tmp) / f"{name}-{tree}-{r}"
+                    times[tree].append(sweep_times(overrides, "ensemble", folder, trees[tree]))
+            wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+            cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+            print(
+                f"| {name} | {wall['other']:.1f} s | {wall['this']:.1f} s | {cpu['other']:.1f} s | "
+                f"{cpu['this']:.1f} s | {load:.1f} / {os.getloadavg()[0]:.1f} |",
+                flush=True,
+            )
 
 
 def whole_table(sweeps: list[str], epochs: int | None, repeats: int) -> None:
@@ -167,15 +208,18 @@ def main() -> None:
     parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=SWEEPS)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--against", type=Path, help="another checkout's ensemble sweep")
     args = parser.parse_args()
     args.device = "cpu"
-    if not (args.step or args.whole):
+    if not (args.step or args.whole or args.against):
         args.step = args.whole = True
     print("\n".join(machine_lines(args)))
     if args.step:
         step_table(args.sizes, args.members, args.repeats)
     if args.whole:
         whole_table(args.sweeps, args.epochs, args.repeats)
+    if args.against:
+        against_table(args.against, args.sweeps, args.epochs, args.repeats)
 
 
 if __name__ == "__main__":
