@@ -245,7 +245,9 @@ def run_job(cfg: DictConfig) -> float:
     interrupt.catch_early()  # a signal from here on ends the job in one line, not a traceback
     if launch_env.place().size == 1:
         return _run_job(cfg)
-    from ffn import distributed
+    # under torchrun every rank trains: everything imported before the world forms, as each
+    # rank's timing (and torchrun's signals at the end) has been tested with
+    from ffn import checkpoint, distributed, train  # noqa: F401
 
     world = distributed.world()
     world.begin_job()  # under torchrun: rank 0 runs the job, the others follow its decisions
