@@ -224,15 +224,26 @@ def _check_labels(target: Tensor) -> None:
         )
 
 
-# torch's log_softmax and softmax kernels on the CPU vectorise along a row: with M = 10 classes
-# they cost 3-4x the same max-shifted formula as five elementwise and reduction kernels (measured
-# on a (1168, 10) float32 evaluation split: 182 us against 46; even at a 64-row minibatch). Other
-# devices, and the reduced precisions autocast feeds in, keep torch's fused kernels.
+# torch's log_softmax and softmax kernels on the CPU vectorise along a row: with a few classes
+# (3 <= M <= 32) and many rows they cost 2-4x the same max-shifted formula as five elementwise and
+# reduction kernels (one thread, this repo's AMD EPYC: (1168, 10) float32 181 us against 48;
+# (256, 8) 32 against 17). On a minibatch (under 256 rows), with two classes or with many, torch's
+# one fused kernel wins ((32, 2) 1.9 us against 11; (1168, 100) 88 against 198), so those keep it,
+# as do other devices and the reduced precisions autocast feeds in. The choice depends on a
+# member's rows only, so stacked ensemble members take the path their single runs take.
 _COMPOSED_DTYPES = (torch.float32, torch.float64)
+_COMPOSED_CLASSES = range(3, 33)
+_COMPOSED_MIN_ROWS = 256
 
 
 def _composed(logits: Tensor) -> bool:
-    return logits.device.type == "cpu" and logits.dtype in _COMPOSED_DTYPES
+    return (
+        logits.device.type == "cpu"
+        and logits.dtype in _COMPOSED_DTYPES
+        and logits.shape[-1] in _COMPOSED_CLASSES
+        and logits.ndim >= 2
+        and logits.shape[-2] >= _COMPOSED_MIN_ROWS
+    )
 
 
 def _shifted(logits: Tensor) -> Tensor:

@@ -289,6 +289,42 @@ def test_softmax_cross_entropy_matches_torch_up_to_1e4(dtype, case):
     torch.testing.assert_close(z.grad, z_ref.grad, **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize(
+    ("shape", "composed"),
+    [
+        ((300, 10), True),
+        ((256, 3), True),
+        ((300, 2), False),
+        ((300, 100), False),
+        ((64, 10), False),
+    ],
+    ids=["300x10", "256x3", "300x2", "300x100", "64x10"],
+)
+def test_softmax_cross_entropy_both_cpu_paths_match_torch(shape, composed, dtype):
+    """The max-shifted formula (many rows, a few classes) and torch's fused kernel (the rest)."""
+    from ffn.functions import _composed, softmax
+
+    logits = randn(shape, seed=5, scale=3.0).to(dtype)
+    logits[0, 0], logits[1, -1] = 1e4, -1e4  # far logits stay finite and exact
+    assert _composed(logits) is composed
+    target = torch.randint(shape[1], (shape[0],), generator=torch.Generator().manual_seed(5))
+    z, z_ref = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    (2.5 * SoftmaxCrossEntropyFunction.apply(z, target)).backward()
+    (2.5 * F.cross_entropy(z_ref, target)).backward()
+    torch.testing.assert_close(z.grad, z_ref.grad, **TOL[dtype])
+    torch.testing.assert_close(softmax(logits), torch.softmax(logits, -1), **TOL[dtype])
+    loss = SoftmaxCrossEntropyFunction.apply(logits, target)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, target), **TOL[dtype])
+
+
+def test_softmax_cross_entropy_composed_path_gradgradchecks():
+    logits = randn((256, 3), seed=6, scale=3.0).requires_grad_()
+    target = torch.randint(3, (256,), generator=torch.Generator().manual_seed(6))
+    fn = lambda z: SoftmaxCrossEntropyFunction.apply(z, target)  # noqa: E731
+    assert gradcheck(fn, (logits,)) and gradgradcheck(fn, (logits,))
+
+
 @pytest.mark.parametrize("n", [1, 5])
 def test_softmax_cross_entropy_gradient_is_softmax_minus_onehot_over_n(n):
     logits = randn((n, 4), seed=11, scale=3.0).requires_grad_()
