@@ -9,6 +9,7 @@ replaces, for SGD, momentum and Adam and for every entry of the penalty table.
 from __future__ import annotations
 
 import copy
+import types
 import warnings
 
 import pytest
@@ -183,6 +184,34 @@ def test_compiled_gradients_equal_eager():
         torch.testing.assert_close(p.grad, want, **CLOSE)
 
 
+def _step_beside_torch(fast, opt_fast, slow, opt_slow, penalty, x, y):
+    """Four train_steps on `fast` beside manual gradients + torch.optim's step on `slow`, each
+    under ExponentialLR(0.5) (a warning fails). train_step must call torch.optim's step once only
+    (the first step), else its fast update was never taken."""
+    through_torch = []
+    torch_step = opt_fast.step
+
+    def counted_step(self, *args, **kwargs):
+        through_torch.append(1)
+        return torch_step(*args, **kwargs)
+
+    # A bound method, set before the scheduler wraps it (as it wraps torch's own step).
+    opt_fast.step = types.MethodType(counted_step, opt_fast)
+    sched_fast, sched_slow = (
+        torch.optim.lr_scheduler.ExponentialLR(o, 0.5) for o in (opt_fast, opt_slow)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            train_step(fast, opt_fast, penalty, x, y, "classification")
+            sched_fast.step()
+            manual_gradients(slow, x, y, "classification")
+            penalty.add_gradient_(penalty.parameters(slow))
+            opt_slow.step()
+            sched_slow.step()
+    assert len(through_torch) == 1
+
+
 def test_plain_sgd_fast_update_is_bitwise_sgd_with_a_schedule() -> None:
     # train_step updates plain SGD with one foreach kernel after the first step; the parameters
     # must stay bitwise those of torch.optim.SGD.step(), the learning rate must follow the
@@ -193,18 +222,8 @@ def test_plain_sgd_fast_update_is_bitwise_sgd_with_a_schedule() -> None:
     x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
     penalty = Penalty("l2", 0.01)
     opt_fast, opt_slow = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (fast, slow))
-    sched_fast = torch.optim.lr_scheduler.ExponentialLR(opt_fast, 0.5)
-    sched_slow = torch.optim.lr_scheduler.ExponentialLR(opt_slow, 0.5)
     assert is_plain_sgd(opt_fast)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for _ in range(4):
-            train_step(fast, opt_fast, penalty, x, y, "classification")
-            sched_fast.step()
-            manual_gradients(slow, x, y, "classification")
-            penalty.add_gradient_(penalty.parameters(slow))
-            opt_slow.step()
-            sched_slow.step()
+    _step_beside_torch(fast, opt_fast, slow, opt_slow, penalty, x, y)
     for a, b in zip(fast.parameters(), slow.parameters(), strict=True):
         assert torch.equal(a, b)
     momentum = torch.optim.SGD(fast.parameters(), lr=0.1, momentum=0.9)
@@ -222,19 +241,8 @@ def test_fused_adam_fast_update_is_bitwise_torchs_with_a_schedule(settings) -> N
     opt_fast, opt_slow = (
         torch.optim.Adam(m.parameters(), lr=0.01, fused=True, **settings) for m in (fast, slow)
     )
-    sched_fast, sched_slow = (
-        torch.optim.lr_scheduler.ExponentialLR(o, 0.5) for o in (opt_fast, opt_slow)
-    )
     assert is_fused_adam(opt_fast)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for _ in range(4):
-            train_step(fast, opt_fast, penalty, x, y, "classification")
-            sched_fast.step()
-            manual_gradients(slow, x, y, "classification")
-            penalty.add_gradient_(penalty.parameters(slow))
-            opt_slow.step()
-            sched_slow.step()
+    _step_beside_torch(fast, opt_fast, slow, opt_slow, penalty, x, y)
     for a, b in zip(fast.parameters(), slow.parameters(), strict=True):
         assert torch.equal(a, b)
         for key in ("step", "exp_avg", "exp_avg_sq"):
