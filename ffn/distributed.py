@@ -157,9 +157,8 @@ class World:
                 if not self._announced:  # refused, already ended, interrupted before training
                     self.post("decision", {"kind": "end", "code": code, "value": value})
                 self.post("end", {"code": code, "value": value})
-            if code:  # the process ends now: torchrun's SIGTERM, once another rank has ended
-                # with this status, must not make this rank's status -15
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if code:
+                ignore_late_sigterm()
 
     def agree_ready(self, error: ConfigError | None) -> None:
         """Every rank has built its run, or the first refusal (in rank order) is every rank's.
@@ -368,6 +367,16 @@ class World:
 
 
 _WORLD: World | None = None
+
+
+def ignore_late_sigterm() -> None:
+    """This rank ends now with a non-zero status: torchrun's SIGTERM to the ranks still alive,
+    sent once one rank has ended, must not make this one's status -15.
+
+    Ignored, not caught: at exit the interpreter puts a Python handler back to the default (a
+    SIGTERM then kills) but leaves an ignored signal ignored.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def world() -> World:

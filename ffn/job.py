@@ -281,6 +281,7 @@ def _follow(cfg: DictConfig, world: distributed.World) -> float:
     except interrupt.Interrupted as stopped:  # before training: rank 0 went, or a signal came
         end = {"code": stopped.flag.exit_code, "value": math.nan}
     if end["code"] and not multirun:
+        distributed.ignore_late_sigterm()  # rank 0 has ended: the agent now SIGTERMs the rest
         sys.exit(end["code"])
     return end["value"]  # rank 0's, so that a sweeper on every rank sees the same results
 
