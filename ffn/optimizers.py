@@ -37,8 +37,9 @@ OPTIMIZERS: dict[str, OptimizerChoice] = {
     # the notes' gradient descent: the whole training set every step
     "gd": _choice("torch.optim.SGD", full_batch=True, lr=0.5),
     "sgd": _choice("torch.optim.SGD", lr=0.05),
-    "momentum": _choice("torch.optim.SGD", lr=0.05, momentum=0.9),
-    "adam": _choice("torch.optim.Adam", lr=3.0e-3),
+    # fused: torch's one-kernel update, where its default loops ops per tensor in Python
+    "momentum": _choice("torch.optim.SGD", lr=0.05, momentum=0.9, fused=True),
+    "adam": _choice("torch.optim.Adam", lr=3.0e-3, fused=True),
     # one iteration an epoch, scipy's history of 10, torch's lr 1 (the line search's first try)
     "lbfgs": _choice(
         "torch.optim.LBFGS",

@@ -53,10 +53,7 @@ from ffn.step import check_smooth, lbfgs_step, train_step
 # Where the estimators part from the runner's conf/optimizer/ files (ffn.optimizers' table), and
 # why; everything else (classes, gd's and sgd's lr, momentum, L-BFGS's settings) is the table's.
 ESTIMATOR_SETTINGS: dict[str, dict[str, Any]] = {
-    # fused: one kernel for the whole update, where torch's default loops ops per tensor in
-    # Python (Adam's step: 0.33 ms fused, 0.82 ms default on a 64-64-10 net, measured)
-    "momentum": {"fused": True},
-    "adam": {"lr": 1e-3, "fused": True},  # lr: MLPClassifier's learning_rate_init
+    "adam": {"lr": 1e-3},  # MLPClassifier's learning_rate_init
     # torch's own stopping tolerances (all but) off: tol and n_iter_no_change decide;
     # tolerance_change is set to the dtype's eps when the optimizer is built.
     "lbfgs": {"tolerance_grad": 1e-12},

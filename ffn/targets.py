@@ -115,6 +115,9 @@ def check_keywords(group: str, target: str, cls: type, kwargs: dict[str, Any]) -
             if open_ended:
                 continue
             allowed = f"a keyword of {target}: " + ", ".join(named)
+            # a key the group's file set for its own class (adam.yaml's fused) stays when only
+            # _target_ changes: say how to drop it
+            allowed += f"; ~{group}.{key} drops it"
             raise ConfigError(f"{group}.{key}", value, allowed)
         problem = _type_problem(value, named[key])
         if problem is not None:

@@ -410,7 +410,8 @@ def test_check_validation_part_runs_once(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_any_torch_optimizer_trains_with_its_own_keywords(tmp_path: Path) -> None:
     from ffn import targets
 
-    overrides = ["optimizer._target_=torch.optim.RMSprop", "+optimizer.alpha=0.9"]
+    adam_only = "~optimizer.fused"  # adam.yaml's, which RMSprop lacks
+    overrides = ["optimizer._target_=torch.optim.RMSprop", adam_only, "+optimizer.alpha=0.9"]
     out = tmp_path / "run"
     job = job_config(compose_config(["dataset=iris", *overrides, *QUICK], output_dir=out))
     run_job(job)
@@ -423,10 +424,12 @@ def test_any_torch_optimizer_trains_with_its_own_keywords(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("overrides", "key", "allowed"),
     [
-        (["optimizer._target_=torch.optim.RMSprop", "+optimizer.alpah=0.9"], "optimizer.alpah",
-         "a keyword of torch.optim.RMSprop: lr, alpha,"),
-        (["optimizer._target_=torch.optim.RMSprop", "+optimizer.alpha=fast"], "optimizer.alpha",
-         "a number"),
+        (["optimizer._target_=torch.optim.RMSprop", "~optimizer.fused", "+optimizer.alpah=0.9"],
+         "optimizer.alpah", "a keyword of torch.optim.RMSprop: lr, alpha,"),
+        (["optimizer._target_=torch.optim.RMSprop", "~optimizer.fused", "+optimizer.alpha=fast"],
+         "optimizer.alpha", "a number"),
+        (["optimizer._target_=torch.optim.RMSprop"], "optimizer.fused",
+         "; ~optimizer.fused drops it"),  # adam.yaml's own keyword, left behind
         (["optimizer=sgd", "+optimizer.nesterov=1"], "optimizer.nesterov", "true or false"),
         (["optimizer=sgd", "+optimizer.nesterov=true"], "optimizer", "Nesterov"),  # torch's own
         (["optimizer._target_=torch.optim.Nope"], "optimizer._target_", "an importable class"),
