@@ -340,29 +340,37 @@ class Run:
             timing={"loop_started_unix": loop_started},
         )
 
+    def epoch_evaluation(self) -> tuple[dict[str, float], dict[str, float], list[Tensor]]:
+        """The epoch's scalars and per-layer diagnostics on the host, and the train pass's
+        pre-activations [(n, H_l)]. (The ensemble launcher gives its members theirs from one
+        stacked evaluation: ffn/ensemble/evaluation.py.)"""
+        data = self.data
+        val = (data.x_val, data.y_val) if data.n_val else None  # val_fraction=0: no val/
+        scalars_of = self.world.epoch_scalars if self.world.size > 1 else epoch_scalars
+        scalars, preactivations = scalars_of(
+            self.model,
+            self.task,
+            self.penalty,
+            self.penalised,
+            (data.x_train, data.y_train),
+            val,
+        )
+        layers = layer_diagnostics(self.model, preactivations)
+        # One host transfer an epoch, for the scalars and the layers' diagnostics alike
+        tensors = [*scalars.values(), *layers.values()]
+        values = torch.stack([v.detach().double() for v in tensors]).cpu().tolist()
+        host = dict(zip(scalars, values[: len(scalars)], strict=True))
+        return host, dict(zip(layers, values[len(scalars) :], strict=True)), preactivations
+
     def log_epoch(self, logger: RunLogger, lr: float) -> dict[str, float]:
         """Evaluate and log the epoch just finished; returns its scalars on the host."""
-        s, data = self.state, self.data
+        s = self.state
         with self.clock("evaluation"):
-            val = (data.x_val, data.y_val) if data.n_val else None  # val_fraction=0: no val/
-            scalars_of = self.world.epoch_scalars if self.world.size > 1 else epoch_scalars
-            scalars, preactivations = scalars_of(
-                self.model,
-                self.task,
-                self.penalty,
-                self.penalised,
-                (data.x_train, data.y_train),
-                val,
-            )
-            layers = layer_diagnostics(self.model, preactivations)
-            # One host transfer an epoch, for the scalars and the layers' diagnostics alike
-            tensors = [*scalars.values(), *layers.values()]
-            values = torch.stack([v.detach().double() for v in tensors]).cpu().tolist()
-        host = dict(zip(scalars, values[: len(scalars)], strict=True))
+            host, layers, preactivations = self.epoch_evaluation()
         host["train/lr"] = lr
         logger.scalars(host, s.epoch)
         if all(math.isfinite(v) for v in host.values()):
-            logger.scalars(dict(zip(layers, values[len(scalars) :], strict=True)), s.epoch)
+            logger.scalars(layers, s.epoch)
             every = self.cfg.trainer.histogram_every
             if every and (s.epoch % every == 0 or s.epoch == 1):
                 logger.histograms(self.model, preactivations, s.epoch)
