@@ -2,7 +2,9 @@
 
 Gradients: ffn.step.manual_gradients on a StackedNet (each member its own minibatch) against
 manual_gradients and autograd on each member alone. Optimizers: StackedOptimizer against each
-member's own torch.optim object, with the penalty's gradient and proximal step in between.
+member's own torch.optim object, with the penalty's gradient and proximal step in between. The
+epoch's evaluation: stacked_epoch_evaluation against each member's epoch_scalars and
+layer_diagnostics.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import torch
 
 from ffn import run_record
 from ffn.activations import ACTIVATIONS
+from ffn.ensemble.evaluation import stacked_epoch_evaluation
 from ffn.ensemble.optim import StackedOptimizer
 from ffn.ensemble.stack import StackedNet, StackedPenalty
+from ffn.metrics import epoch_scalars
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
+from ffn.run_logger import layer_diagnostics
 from ffn.step import autograd_gradients, manual_gradients
 
 E, N, D, M = 3, 7, 4, 3
@@ -82,6 +87,62 @@ def test_stacked_gradients_without_bias_and_single_neuron(one_thread) -> None:
             manual_gradients(model, x[e], y[e], "classification")
             for p, s in zip(model.parameters(), net.parameters(), strict=True):
                 torch.testing.assert_close(s.grad[e], p.grad, **TOL)
+
+
+EVALUATION_CASES = [  # activation, task, penalty, method, lams, activation_params
+    ("relu", "classification", "l1", "proximal", [1e-3, 0.0, 1e-2], None),
+    ("tanh", "regression", "l2", "proximal", [0.0, 1e-2, 1e-1], None),
+    ("sigmoid", "classification", "elastic_net", "subgradient", [1e-2, 1e-3, 0.0], None),
+    ("leaky_relu", "regression", "none", "proximal", [0.0] * E, [0.01, 0.3, 1.5]),
+    ("gelu", "classification", "none", "proximal", [0.0] * E, None),
+]
+
+
+@pytest.mark.parametrize("case", EVALUATION_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_stacked_epoch_evaluation_equals_each_members_own(case, one_thread) -> None:
+    """Scalars, layer diagnostics and pre-activations, val included, after a step (gradients);
+    one member diverged (inf weights) stays its own and leaves the others finite."""
+    name, task, penalty, method, lams, params = case
+    models = [
+        FeedForward(
+            D,
+            [5, 4],
+            M,
+            activation=name,
+            activation_param=None if params is None else params[s],
+            seed=s,
+            dtype=torch.float64,
+        )
+        for s in range(E)
+    ]
+    penalties = [Penalty(name=penalty, lam=lam, method=method) for lam in lams]
+    x, y = member_data(task)
+    val_x, val_y = (t.flip(1)[:, :5] for t in (x, y))
+    with torch.no_grad():
+        models[1].layers[0].weight[0, 0] = 0.0  # a zero: sparsity
+        models[2].layers[1].weight[0, 0] = float("inf")  # diverged
+    net = StackedNet(models)
+    manual_gradients(net, x, y, task)
+    net.write_to(models)
+    stacked = stacked_epoch_evaluation(net, task, penalties, (x, y), (val_x, val_y))
+    for e, (model, pen) in enumerate(zip(models, penalties, strict=True)):
+        scalars, pre = epoch_scalars(
+            model, task, pen, pen.parameters(model), (x[e], y[e]), (val_x[e], val_y[e])
+        )
+        layers = layer_diagnostics(model, pre)
+        mine_scalars, mine_layers, mine_pre = stacked[e]
+        for theirs, mine in ((scalars, mine_scalars), (layers, mine_layers)):
+            assert list(mine) == list(theirs)
+            expected = torch.stack([v.double() for v in theirs.values()])
+            torch.testing.assert_close(
+                torch.tensor(list(mine.values()), dtype=torch.float64),
+                expected,
+                **TOL,
+                equal_nan=True,
+            )
+        for z, theirs in zip(mine_pre, pre, strict=True):
+            torch.testing.assert_close(z, theirs, **TOL, equal_nan=True)
+    assert all(torch.tensor(list(stacked[0][0].values())).isfinite())
 
 
 OPTIMIZERS = [

@@ -128,6 +128,34 @@ def tags(folder: Path) -> set[tuple[str, str, str]]:
     return found
 
 
+def scalar_curves(folder: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """Every scalar series of a run: (event folder, tag) -> [(step, value)]."""
+    curves = {}
+    for events in folder.rglob("events.out.tfevents.*"):
+        acc = event_accumulator.EventAccumulator(str(events.parent))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            where = str(events.parent.relative_to(folder))
+            curves[where, tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    return curves
+
+
+def test_every_epochs_scalars_equal_the_job_alone(basic_sweep: Path, ensemble_sweep: Path) -> None:
+    """The members' per-epoch scalars and layer diagnostics come from one stacked evaluation
+    (ffn/ensemble/evaluation.py): each curve is the job's alone (float32 in the event files)."""
+    for job in range(JOBS):
+        alone, member = (scalar_curves(f / str(job)) for f in (basic_sweep, ensemble_sweep))
+        assert member.keys() == alone.keys(), job
+        for key, curve in alone.items():
+            assert [s for s, _ in member[key]] == [s for s, _ in curve], (job, key)
+            for (_, mine), (_, theirs) in zip(member[key], curve, strict=True):
+                assert (
+                    mine == theirs
+                    or (math.isnan(mine) and math.isnan(theirs))
+                    or (math.isclose(mine, theirs, rel_tol=1e-6, abs_tol=1e-9))
+                ), (job, key, mine, theirs)
+
+
 def test_both_launchers_leave_the_same_files_tags_and_keys(
     basic_sweep: Path, ensemble_sweep: Path
 ) -> None:

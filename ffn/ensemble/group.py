@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from torch import Tensor
 
 from ffn import interrupt, run_record, train
+from ffn.ensemble.evaluation import MemberEvaluation, stacked_epoch_evaluation
 from ffn.ensemble.optim import StackedOptimizer
 from ffn.ensemble.stack import StackedNet, StackedPenalty
 from ffn.errors import ConfigError
@@ -53,6 +54,7 @@ class Stack:
             self.x = torch.stack([d.x_train for d in data])
             self.y = torch.stack([d.y_train for d in data])
         self.rows = torch.arange(len(runs), device=self.x.device).unsqueeze(1)
+        self._val: tuple[Tensor, Tensor] | None = None  # stacked at the first evaluation
         self._orders: list[Tensor] = []  # the epoch's permutations, held: their stack is cached
         self._stacked_orders: Tensor | None = None
         self.dirty = False  # stepped since the members were last written
@@ -87,6 +89,26 @@ class Stack:
         self.dirty = True
         return losses
 
+    def _each(self, split: str) -> tuple[Tensor, Tensor]:
+        """Every member's rows of a split: x (E, n, d), y (E, n[, M]) (expanded when shared)."""
+        data = [r.data for r in self.runs]
+        x, y = (getattr(d, f"x_{split}") for d in data), (getattr(d, f"y_{split}") for d in data)
+        if self.shared:
+            e, x0, y0 = len(self.runs), next(x), next(y)
+            return x0.expand(e, *x0.shape), y0.expand(e, *y0.shape)
+        return torch.stack(list(x)), torch.stack(list(y))
+
+    def evaluate(self) -> list[MemberEvaluation]:
+        """Each member's Run.epoch_evaluation() of the stack as it stands (written back)."""
+        train_rows = self._each("train") if self.shared else (self.x, self.y)
+        val = None
+        if self.runs[0].data.n_val:  # one dataset config: every member has val, or none does
+            if self._val is None:
+                self._val = self._each("val")
+            val = self._val
+        penalties = [r.penalty for r in self.runs]
+        return stacked_epoch_evaluation(self.net, self.task, penalties, train_rows, val)
+
     def write_back(self) -> None:
         """Into each member's model (values and gradients) and torch.optim object (state)."""
         if self.dirty:
@@ -116,6 +138,7 @@ class Member:
         self.run = run
         run.minibatches = self.minibatches
         run.step = self.step
+        run.epoch_evaluation = self.epoch_evaluation
         train_alone = run.train
 
         def train_member(logger, stop):
@@ -142,6 +165,10 @@ class Member:
             self.context = (HydraConfig.instance().cfg, list(logging.root.handlers))
         return self.group.loop.switch(self)
 
+    def epoch_evaluation(self) -> MemberEvaluation:
+        """This member's share of its stack's one evaluation at this epoch's end."""
+        return self.group.evaluation_of(self)
+
     def resume(self, value: Any) -> None:
         """Run the job until it waits on its next step, or returns (then `result` is set)."""
         if self.context is not None:
@@ -166,6 +193,8 @@ class Group:
     def __init__(self) -> None:
         self.members: list[Member] = []
         self.stacks: dict[tuple[Member, ...], Stack] = {}
+        # each member's evaluation of the stack's state since its last step (Stack.evaluate)
+        self.evaluations: dict[Member, MemberEvaluation] = {}
         self.loop = getcurrent()
         self.hydra = HydraConfig.instance()
 
@@ -203,6 +232,8 @@ class Group:
             for key in [k for k in self.stacks if set(k) & set(batch)]:
                 self.stacks.pop(key).write_back()
             stack = self.stacks[batch] = Stack([m.run for m in batch])
+        for member in batch:
+            self.evaluations.pop(member, None)
         orders = [m.request[0] for m in batch]
         _, start, size = batch[0].request
         losses = stack.step(orders, start, size)
@@ -216,6 +247,13 @@ class Group:
         elif epoch_ends:  # the members evaluate, log, checkpoint and decide whether to stop
             stack.write_back()
         return losses
+
+    def evaluation_of(self, member: Member) -> MemberEvaluation:
+        """The member's evaluation, its whole stack's evaluated at once at its first request."""
+        if member not in self.evaluations:
+            batch, stack = next((k, s) for k, s in self.stacks.items() if member in k)
+            self.evaluations.update(zip(batch, stack.evaluate(), strict=True))
+        return self.evaluations.pop(member)
 
 
 def _aligned(waiting: list[Member]) -> list[tuple[Member, ...]]:
