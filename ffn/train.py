@@ -506,22 +506,25 @@ def train(
     return result
 
 
-# The last dataset loaded, so a sweep's jobs on the same data (a learning-rate sweep) load it
-# once. Keyed by everything load_dataset reads; files are read afresh (they may change).
-_DATASET_CACHE: dict[str, tuple[str, Dataset]] = {}
+# The datasets loaded last, so a sweep's jobs on the same data (a learning-rate sweep) load it
+# once. Keyed by everything load_dataset reads; files are read afresh (they may change). One
+# dataset, unless a caller that holds every one anyway (the ensemble's group: each seed its own
+# split) raises `DATASET_CACHE_SIZE` while it builds its members.
+_DATASET_CACHE: dict[str, Dataset] = {}
+DATASET_CACHE_SIZE = 1
 
 
 def cached_dataset(
     dataset: DictConfig, seed: int, device: torch.device, dtype: torch.dtype
 ) -> Dataset:
-    """load_dataset(dataset, seed=seed, ...), the same tensors again if asked twice in a row."""
+    """load_dataset(dataset, seed=seed, ...), the same tensors again if asked again soon."""
     spec = OmegaConf.to_container(dataset, resolve=True)
     if spec.get("name") == "file":
         return load_dataset(dataset, seed=seed, device=device, dtype=dtype)
     key = repr((sorted(spec.items()), seed, str(device), str(dtype)))
-    hit = _DATASET_CACHE.get("last")
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    data = load_dataset(dataset, seed=seed, device=device, dtype=dtype)
-    _DATASET_CACHE["last"] = (key, data)
+    hit = _DATASET_CACHE.pop(key, None)
+    data = hit if hit is not None else load_dataset(dataset, seed=seed, device=device, dtype=dtype)
+    _DATASET_CACHE[key] = data  # the newest last
+    while len(_DATASET_CACHE) > max(DATASET_CACHE_SIZE, 1):
+        del _DATASET_CACHE[next(iter(_DATASET_CACHE))]
     return data
