@@ -263,3 +263,25 @@ def test_checkpoints_of_a_round_are_fsynced_together_and_renamed_in_order(tmp_pa
     assert not list(tmp_path.rglob("*.tmp"))
     save(folders[2], b"alone")  # outside: written at once
     assert (folders[2] / "last.pt").read_bytes() == b"alone"
+
+
+def test_a_group_loads_each_seeds_data_once(monkeypatch) -> None:
+    """The group raises train.DATASET_CACHE_SIZE to its size: jobs alternating seeds (lr x seed)
+    get the same tensors again; one job at a time keeps the last dataset only."""
+    from omegaconf import OmegaConf
+
+    from ffn import train
+
+    spec = OmegaConf.create({"name": "regression", "n_samples": 40, "noise": 0.1})
+    cpu = torch.device("cpu")
+
+    def load(seed: int):
+        return train.cached_dataset(spec, seed, cpu, torch.float64)
+
+    monkeypatch.setattr(train, "_DATASET_CACHE", {})
+    monkeypatch.setattr(train, "DATASET_CACHE_SIZE", 2)
+    first = load(0)
+    assert load(1) is not first and load(0) is first
+    monkeypatch.setattr(train, "DATASET_CACHE_SIZE", 1)
+    again = load(1)
+    assert load(0) is not first and load(1) is not again

@@ -208,6 +208,8 @@ class Group:
         self.members = [Member(self, launch) for launch in launches]
         handlers = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
         train.RUN_HOOKS.append(self._adopt)
+        # every member's data is held by its Run anyway: the members of one seed load it once
+        cache_size, train.DATASET_CACHE_SIZE = train.DATASET_CACHE_SIZE, len(launches)
         try:
             # The members' checkpoints of one round (all at the same epoch's end) are fsynced
             # together once the round is done, not one after another (run_record)
@@ -221,6 +223,7 @@ class Group:
                             member.resume(loss)
                         run_record.sync_waiting()
         finally:
+            train.DATASET_CACHE_SIZE = cache_size
             train.RUN_HOOKS.remove(self._adopt)
             for s, handler in handlers.items():  # each member restored its own, out of order
                 signal.signal(s, handler)
