@@ -128,6 +128,16 @@ def test_every_regression_function_runs(function: str) -> None:
     assert d.y_train.shape == (d.n_train, 1) and torch.isfinite(d.y_train).all()
 
 
+@pytest.mark.parametrize("n, noise, seed", [(200, 0.2, 0), (201, 0.0, 7), (21, 1.5, 2**31)])
+def test_moons_are_sklearns_make_moons_without_importing_it(n, noise, seed) -> None:
+    from ffn.data.synthetic import moons
+
+    mine = moons(small("moons", n_samples=n, noise=noise), seed)
+    x, y = skdatasets.make_moons(n_samples=n, noise=noise, random_state=seed)
+    np.testing.assert_array_equal(mine.x, x)
+    np.testing.assert_array_equal(mine.y, y)
+
+
 def test_noise_free_sin_regression_is_f_star() -> None:
     cfg = DatasetConfig(name="regression", n_samples=100, noise=0.0, standardize=False)
     d = load_dataset(cfg, seed=3, dtype=torch.float64)
