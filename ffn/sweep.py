@@ -212,8 +212,25 @@ def progress_line(config: DictConfig) -> str:
     return line
 
 
+# multirun.yaml's plan, by (path, mtime, size): read and expanded once a sweep, not once a job
+_PLANS: dict[tuple[str, int, int], tuple[int | None, set[str]]] = {}
+
+
 def sweep_plan(multirun_yaml: Path) -> tuple[int | None, set[str]]:
     """How many jobs the sweep has (its grid, or Optuna's n_trials) and the keys it sweeps."""
+    try:
+        stat = multirun_yaml.stat()
+    except OSError:
+        return None, set()
+    key = (str(multirun_yaml), stat.st_mtime_ns, stat.st_size)
+    if key not in _PLANS:
+        _PLANS.clear()
+        _PLANS[key] = _read_plan(multirun_yaml)
+    total, swept = _PLANS[key]
+    return total, set(swept)
+
+
+def _read_plan(multirun_yaml: Path) -> tuple[int | None, set[str]]:
     from omegaconf import OmegaConf
 
     try:

@@ -383,3 +383,22 @@ def test_warnings_for_keys_that_change_nothing_and_repeated_jobs(tmp_path: Path)
     assert "penalty.lam changed nothing where penalty=none: 1 job(s) repeat another" in warnings[0]
     assert "job 4 is the same configuration as job 3" in warnings
     assert len(warnings) == 2
+
+
+def test_the_sweep_plan_is_read_once_a_sweep(tmp_path: Path, monkeypatch) -> None:
+    """Every job's progress line asks for the plan: multirun.yaml is parsed and its grid
+    expanded once, and again only when the file changes."""
+    from ffn import sweep
+
+    path = tmp_path / "multirun.yaml"
+    lines = "hydra:\n  sweeper:\n    params: null\n  overrides:\n    task: {}\n"
+    path.write_text(lines.format('["optimizer.lr=0.1,0.2", "trainer.seed=0,1,2"]'))
+    reads = []
+    read = sweep._read_plan
+    monkeypatch.setattr(sweep, "_read_plan", lambda p: reads.append(p) or read(p))
+    assert sweep.sweep_plan(path) == (6, {"optimizer.lr", "trainer.seed"})
+    assert sweep.sweep_plan(path) == (6, {"optimizer.lr", "trainer.seed"})
+    assert len(reads) == 1
+    path.write_text(lines.format('["trainer.seed=0,1,2,3"]'))
+    assert sweep.sweep_plan(path) == (4, {"trainer.seed"}) and len(reads) == 2
+    assert sweep.sweep_plan(tmp_path / "missing.yaml") == (None, set())
