@@ -109,8 +109,9 @@ def _remove_if_fresh(run_dir: Path, fresh: bool) -> None:
         run_dir.rmdir()  # only if empty: anything another process put there stays
 
 
-def write_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
-    """.hydra/config.yaml, hydra.yaml, overrides.yaml as Hydra writes them, once per run."""
+def write_hydra_record(run_dir: Path, cfg: DictConfig, may_wait: bool = False) -> None:
+    """.hydra/config.yaml, hydra.yaml, overrides.yaml as Hydra writes them, once per run.
+    `may_wait`: as run_record.write_atomic's."""
     hydra_cfg = HydraConfig.get()
     folder = run_dir / run_record.HYDRA_RECORD
     folder.mkdir(exist_ok=True)
@@ -120,7 +121,7 @@ def write_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
         ("hydra.yaml", OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)})),
         ("overrides.yaml", OmegaConf.create(task_overrides)),
     ):
-        run_record.write_bytes(folder / name, OmegaConf.to_yaml(node).encode())
+        run_record.write_bytes(folder / name, OmegaConf.to_yaml(node).encode(), may_wait)
 
 
 # ---------------------------------------------------------------------------- resuming
@@ -366,13 +367,17 @@ def _run_locked(
             interrupt.check()
             if stale:
                 _clear_stale(run_dir)
+            # may wait: an ensemble's members (run_record.fsyncs_together) fsync their
+            # records together, before any of them trains
             if payload is None:
-                write_hydra_record(run_dir, cfg)
+                write_hydra_record(run_dir, cfg, may_wait=True)
             continuations = list(previous.get("continuations") or []) if payload else []
             if changed:
                 continuations.append({"epoch": payload["loop"]["epoch"], "changed": changed})
             begun["continuations"] = continuations or None
-            run_record.write_record(run_dir, "running", continuations=continuations or None)
+            run_record.write_record(
+                run_dir, "running", may_wait=True, continuations=continuations or None
+            )
 
         distributed.world().announce(cfg, payload)  # under torchrun: every rank trains this
         result = train(cfg, run_dir, hparams, resume_from=payload, on_ready=mark_started)

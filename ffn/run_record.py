@@ -97,11 +97,14 @@ def write_atomic(
 
     `before_rename` runs once the new file is complete on disk (a checkpoint moves the old one
     aside there). With `may_wait`, inside `fsyncs_together()`, the fsync and the rename wait
-    for `sync_waiting()` (the file is written now).
+    for `sync_waiting()` (the file is written now); a write that does not wait syncs those
+    waiting first, so files still land in the order they were written.
     """
     path = Path(path)
-    tmp, fd = _exclusive_temporary(path)
     waits = may_wait and _WAITING is not None
+    if not waits:
+        sync_waiting()
+    tmp, fd = _exclusive_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -179,19 +182,22 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes, may_wait: bool = False) -> None:
     """`data` into `path`, atomically and exclusively (see write_atomic)."""
-    write_atomic(path, lambda f: f.write(data))
+    write_atomic(path, lambda f: f.write(data), may_wait=may_wait)
 
 
-def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+def write_json(path: Path, payload: Mapping[str, Any], may_wait: bool = False) -> None:
     """A JSON object into `path` atomically; NaN and inf are refused (they are not JSON)."""
     text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    write_bytes(path, text.encode())
+    write_bytes(path, text.encode(), may_wait)
 
 
-def write_record(run_dir: Path, status: str, **fields: Any) -> dict[str, Any]:
-    """metrics.json of `run_dir`: the status and any FIELDS; non-finite metrics become null."""
+def write_record(
+    run_dir: Path, status: str, may_wait: bool = False, **fields: Any
+) -> dict[str, Any]:
+    """metrics.json of `run_dir`: the status and any FIELDS; non-finite metrics become null.
+    `may_wait`: as write_atomic's."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
     unknown = sorted(set(fields) - set(FIELDS))
@@ -200,7 +206,7 @@ def write_record(run_dir: Path, status: str, **fields: Any) -> dict[str, Any]:
     record = {"status": status, **{k: v for k, v in fields.items() if v is not None}}
     if "metrics" in record:
         record["metrics"] = {k: finite_or_none(v) for k, v in sorted(record["metrics"].items())}
-    write_json(Path(run_dir) / METRICS_JSON, record)
+    write_json(Path(run_dir) / METRICS_JSON, record, may_wait)
     return record
 
 
