@@ -285,3 +285,16 @@ def test_a_group_loads_each_seeds_data_once(monkeypatch) -> None:
     monkeypatch.setattr(train, "DATASET_CACHE_SIZE", 1)
     again = load(1)
     assert load(0) is not first and load(1) is not again
+
+
+def test_a_write_that_does_not_wait_lands_after_those_waiting(tmp_path) -> None:
+    """The members' .hydra/ and first metrics.json wait for the round's fsyncs; a record
+    written at once (a job that fails) must not be overtaken by the one written before it."""
+    record = tmp_path / "metrics.json"
+    with run_record.fsyncs_together():
+        run_record.write_record(tmp_path, "running", may_wait=True)
+        assert not record.exists()
+        run_record.write_record(tmp_path, "failed", error="refused")
+        assert run_record.read_record(tmp_path)["status"] == "failed"
+    assert run_record.read_record(tmp_path)["status"] == "failed"
+    assert not list(tmp_path.glob("*.tmp"))

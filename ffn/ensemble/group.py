@@ -211,11 +211,13 @@ class Group:
         # every member's data is held by its Run anyway: the members of one seed load it once
         cache_size, train.DATASET_CACHE_SIZE = train.DATASET_CACHE_SIZE, len(launches)
         try:
-            # The members' checkpoints of one round (all at the same epoch's end) are fsynced
-            # together once the round is done, not one after another (run_record)
+            # The members' records as they start, and their checkpoints of one round (all at
+            # the same epoch's end), are fsynced together once the round is done, not one after
+            # another (run_record)
             with run_record.fsyncs_together():
                 for member in self.members:  # each job runs up to its first step (or its end)
                     member.resume(None)
+                run_record.sync_waiting()  # every member's .hydra/ and metrics.json, at once
                 while waiting := [m for m in self.members if m.waiting]:
                     for batch in _aligned(waiting):
                         losses = self._step(batch).unbind(0)
