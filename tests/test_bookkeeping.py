@@ -8,6 +8,7 @@ is scikit-learn's, index for index; digits is read without importing scikit-lear
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split as sklearn_split
 from tensorboard.backend.event_processing import event_accumulator
 
+from ffn import collector
 from ffn.activations import ACTIVATIONS
 from ffn.config import Config, validate
 from ffn.data.shipped import _digits_file
@@ -179,6 +181,7 @@ def test_a_default_run_imports_no_dynamo_sklearn_scipy_or_pyplot(tmp_path: Path)
         "import atexit, runpy, sys\n"
         "heavy = ('sklearn', 'scipy', 'torch._dynamo', 'matplotlib.pyplot')\n"
         "atexit.register(lambda: print('LOADED', sorted(m for m in heavy if m in sys.modules)))\n"
+        "import gc; atexit.register(lambda: print('COLLECTING', gc.isenabled()))\n"
         f"sys.argv = ['run.py', 'trainer.max_epochs=2', 'hydra.run.dir={tmp_path}']\n"
         "runpy.run_path('run.py', run_name='__main__')\n"
         # then every torch.optim optimizer, eager, steps and saves in the same process
@@ -192,8 +195,28 @@ def test_a_default_run_imports_no_dynamo_sklearn_scipy_or_pyplot(tmp_path: Path)
     proc = run_python("-c", code, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LOADED []" in proc.stdout.splitlines()
+    assert "COLLECTING True" in proc.stdout.splitlines()  # paused for the imports only
     assert (tmp_path / "figures" / "confusion_matrix.png").exists()
     assert (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def test_the_collector_paused_for_imports_freezes_them_and_collects_again() -> None:
+    assert gc.isenabled()
+    collector.imports_done()  # not paused (a test, a notebook): nothing changes
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    try:
+        collector.pause()
+        assert not gc.isenabled()
+        made_meanwhile = [[] for _ in range(100)]
+        collector.imports_done()
+        assert gc.isenabled() and gc.get_freeze_count() >= len(made_meanwhile)
+        collector.imports_done()  # once: a sweep's later jobs freeze nothing more
+        frozen = gc.get_freeze_count()
+        collector.imports_done()
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+        gc.enable()
 
 
 # ---------------------------------------------------------------- eval_every, timing, reuse
