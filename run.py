@@ -1,7 +1,8 @@
 """ffn's main job: `python run.py [group=choice ...] [key=value ...]`, or `-m` for sweeps."""
 
-from ffn import interrupt
+from ffn import collector, interrupt
 
+collector.pause()  # no cycle collection while importing: the first run freezes what was made
 interrupt.catch_early()  # Ctrl-C or SIGTERM from here on: one line and 130/143, no traceback
 
 # After the signals: these imports take a second, the job's (torch) several

@@ -59,6 +59,7 @@ class Arm:
     ffn_root: Path | None = None
     walls: list[float] = field(default_factory=list)
     rss_mib: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
     timings: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -74,8 +75,11 @@ def load() -> str:
     return f"load {one:.1f} (5 min {five:.1f})"
 
 
-def launch(argv: list[str], cwd: Path) -> tuple[float, float]:
-    """Run to completion; (wall seconds, peak RSS in MiB) of that one process."""
+def launch(argv: list[str], cwd: Path) -> tuple[float, float, float]:
+    """Run to completion; (wall seconds, peak RSS in MiB, CPU seconds) of that one process.
+
+    CPU (user + sys, the process and the children it waited for) is what load from other jobs
+    changes least: beside the wall time, it tells a change from the machine's noise."""
     started = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = proc.stderr.read() if proc.stderr else b""
@@ -85,7 +89,8 @@ def launch(argv: list[str], cwd: Path) -> tuple[float, float]:
     if proc.returncode != 0:
         tail = stderr.decode(errors="replace")[-2000:]
         raise SystemExit(f"{shlex.join(argv)} exited {proc.returncode}:\n{tail}")
-    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, usage.ru_maxrss / 1024, cpu  # Linux reports KiB
 
 
 def ffn_phases(run_dir: Path, launched_unix: float) -> dict[str, float]:
@@ -105,9 +110,10 @@ def run_round(arms: list[Arm], order: list[int], tmp: Path, round_no: int) -> No
             key = "hydra.sweep.dir" if "-m" in argv else "hydra.run.dir"
             argv.append(f"{key}={run_dir}")
         launched = time.time()
-        wall, rss = launch(argv, arm.cwd)
+        wall, rss, cpu = launch(argv, arm.cwd)
         arm.walls.append(wall)
         arm.rss_mib.append(rss)
+        arm.cpu_s.append(cpu)
         if arm.ffn_root is not None and "-m" not in argv:
             arm.timings.append(ffn_phases(run_dir, launched))
 
@@ -140,9 +146,10 @@ def build_arms(args: argparse.Namespace) -> list[Arm]:
 def summarise(arms: list[Arm]) -> None:
     reference = next((a for a in arms if a.name.startswith("sklearn")), None)
     print(
-        "\n| arm | wall s, median (min-max) | ratio to sklearn (median of rounds) | peak RSS MiB |"
+        "\n| arm | wall s, median (min-max) | ratio to sklearn (median of rounds) "
+        "| CPU s, median | peak RSS MiB |"
     )
-    print("|---|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|")
     for arm in arms:
         med = statistics.median(arm.walls)
         ratio = "-"
@@ -150,7 +157,8 @@ def summarise(arms: list[Arm]) -> None:
             ratios = [a / b for a, b in zip(arm.walls, reference.walls, strict=True)]
             ratio = f"{statistics.median(ratios):.2f}x"
         spread = f"{med:.2f} ({min(arm.walls):.2f}-{max(arm.walls):.2f})"
-        print(f"| {arm.name} | {spread} | {ratio} | {statistics.median(arm.rss_mib):.0f} |")
+        cpu, rss = statistics.median(arm.cpu_s), statistics.median(arm.rss_mib)
+        print(f"| {arm.name} | {spread} | {ratio} | {cpu:.2f} | {rss:.0f} |")
     for arm in arms:
         if not arm.timings:
             continue

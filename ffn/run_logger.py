@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import math
 import sys
 import time
@@ -16,7 +15,8 @@ from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from ffn import run_record
+from ffn import figure_arrays, figure_worker, run_record
+from ffn.figure_worker import Rendered
 from ffn.hparams import (
     HEADLINE_TAGS,
     HParamValue,
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 # TensorBoard's own default for histogram summaries (plugins/histogram/summary_v2.py); its
 # dashboards re-bin to about this many buckets anyway.
 HISTOGRAM_BINS = 30
-FIGURE_DPI = 100
 
 # A sigmoid unit is saturated when its output is within this of 0 or 1 (tanh: of -1 or 1):
 # there g' < 0.01 (tanh: < 0.02), and gradients through it all but vanish.
@@ -124,18 +123,24 @@ class RunLogger:
 
         Drawn once: the PNG that goes to the file is the image TensorBoard stores.
         """
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
-        width, height = (round(v) for v in fig.get_size_inches() * FIGURE_DPI)
+        from ffn.figures import rendered
+
+        image = rendered(fig)
         if "matplotlib.pyplot" in sys.modules:  # a pyplot figure (ffn's own are plain): free it
             sys.modules["matplotlib.pyplot"].close(fig)
-        png = buffer.getvalue()
+        self.image(tag, image, step, save_to)
+
+    @_timed("figures")
+    def image(self, tag: str, image: Rendered, step: int, save_to: Path | None = None) -> None:
+        """A drawn figure into TensorBoard, and as the same PNG in the run folder."""
         if save_to is not None:
             save_to.parent.mkdir(parents=True, exist_ok=True)
-            save_to.write_bytes(png)
-        image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+            save_to.write_bytes(image.png)
+        proto = Summary.Image(
+            height=image.height, width=image.width, colorspace=4, encoded_image_string=image.png
+        )
         self.writer.file_writer.add_summary(
-            Summary(value=[Summary.Value(tag=tag, image=image)]), step
+            Summary(value=[Summary.Value(tag=tag, image=proto)]), step
         )
 
     @_timed("figures")
@@ -149,19 +154,19 @@ class RunLogger:
         step: int,
         run_dir: Path,
     ) -> None:
-        """Confusion matrix or predicted-vs-true on the test split; decision regions in 2-D."""
-        from ffn import figures  # matplotlib, only when figures are drawn
+        """Confusion matrix or predicted-vs-true on the test split; decision regions in 2-D.
 
-        folder = run_dir / "figures"
+        Drawn by ffn.figure_worker (matplotlib imported while the run trained) when it runs.
+        """
         if task == "classification":
-            fig = figures.confusion_matrix_figure(out, y, out.shape[1])
-            self.figure("figures/confusion_matrix", fig, step, folder / "confusion_matrix.png")
+            wanted = {"confusion_matrix": figure_arrays.confusion_counts(out, y)}
             if x.shape[1] == 2:
-                fig = figures.decision_regions_figure(model, x, y)
-                self.figure("figures/decision_regions", fig, step, folder / "decision_regions.png")
+                wanted["decision_regions"] = figure_arrays.decision_grid(model, x, y)
         else:
-            fig = figures.predicted_vs_true_figure(out, y)
-            self.figure("figures/predicted_vs_true", fig, step, folder / "predicted_vs_true.png")
+            wanted = {"predicted_vs_true": figure_arrays.predictions(out, y)}
+        for name, arrays in wanted.items():
+            image = figure_worker.render(name, arrays)
+            self.image(f"figures/{name}", image, step, run_dir / "figures" / f"{name}.png")
 
     @_timed("logging")
     def text(self, tag: str, text: str) -> None:

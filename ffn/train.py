@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from ffn import checkpoint, constants, distributed, targets
+from ffn import checkpoint, collector, constants, distributed, figure_worker, targets
 from ffn.config import validate
 from ffn.data import Dataset, load_dataset
 from ffn.data.fingerprint import difference, fingerprint
@@ -442,10 +442,13 @@ def train(
     The config is validated first, in one pass, before any data is loaded.
     """
     startup, started = startup_seconds(), time.perf_counter()
+    collector.imports_done()  # the first run of `python run.py`: collect again, skip the imports
     world = distributed.world()
     try:
         validate(cfg)
         validated = time.perf_counter() - started
+        if cfg.trainer.figures and world.writes:
+            figure_worker.start()  # matplotlib loads in another process while this one trains
         run = Run(cfg, run_dir)
         for hook in RUN_HOOKS:
             hook(run)

@@ -8,6 +8,7 @@ is scikit-learn's, index for index; digits is read without importing scikit-lear
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split as sklearn_split
 from tensorboard.backend.event_processing import event_accumulator
 
+from ffn import collector, figure_arrays, figure_worker, figures
 from ffn.activations import ACTIVATIONS
 from ffn.config import Config, validate
 from ffn.data.shipped import _digits_file
@@ -119,6 +121,31 @@ def test_a_figure_is_drawn_once_into_file_and_tensorboard(tmp_path: Path) -> Non
     assert int.from_bytes(png[16:20], "big") == 200 and int.from_bytes(png[20:24], "big") == 150
 
 
+def test_the_figure_worker_draws_the_png_this_process_draws() -> None:
+    """Byte for byte, every end figure; a worker that died leaves the drawing to the run."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 2, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+    model = FeedForward(2, [4], 3, seed=0)
+    wanted = {
+        "confusion_matrix": figure_arrays.confusion_counts(model(x), y),
+        "decision_regions": figure_arrays.decision_grid(model, x, y, grid=20),
+        "predicted_vs_true": figure_arrays.predictions(torch.randn(40, 2, generator=gen), x),
+    }
+    figure_worker.start()
+    try:
+        drawn = {name: figure_worker.render(name, arrays) for name, arrays in wanted.items()}
+        assert figure_worker.running()  # it answered every request
+        assert drawn == {name: figures.render(name, arrays) for name, arrays in wanted.items()}
+        figure_worker._worker.kill()
+        assert (
+            figure_worker.render("confusion_matrix", wanted["confusion_matrix"])
+            == (drawn["confusion_matrix"])
+        )
+        assert not figure_worker.running()
+    finally:
+        figure_worker.stop()
+
+
 @pytest.mark.parametrize("task", ["classification", "regression"])
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_evaluation_is_bitwise_the_functions_forward(activation: str, task: str) -> None:
@@ -170,15 +197,16 @@ def test_digits_file_is_load_digits() -> None:
 
 
 @pytest.mark.slow
-def test_a_default_run_imports_no_dynamo_sklearn_scipy_or_pyplot(tmp_path: Path) -> None:
+def test_a_default_run_imports_no_dynamo_sklearn_scipy_or_matplotlib(tmp_path: Path) -> None:
     """The default job (digits, Adam, cosine, histograms, figures, checkpoints), two epochs, in
     a fresh process: torch.optim steps without torch._dynamo (and so does every torch.optim
     optimizer built by ffn.eager_optim), digits loads without sklearn, the figures are drawn
-    without pyplot."""
+    by the figure worker (the run never imports matplotlib)."""
     code = (
         "import atexit, runpy, sys\n"
-        "heavy = ('sklearn', 'scipy', 'torch._dynamo', 'matplotlib.pyplot')\n"
+        "heavy = ('sklearn', 'scipy', 'torch._dynamo', 'matplotlib')\n"
         "atexit.register(lambda: print('LOADED', sorted(m for m in heavy if m in sys.modules)))\n"
+        "import gc; atexit.register(lambda: print('COLLECTING', gc.isenabled()))\n"
         f"sys.argv = ['run.py', 'trainer.max_epochs=2', 'hydra.run.dir={tmp_path}']\n"
         "runpy.run_path('run.py', run_name='__main__')\n"
         # then every torch.optim optimizer, eager, steps and saves in the same process
@@ -192,8 +220,28 @@ def test_a_default_run_imports_no_dynamo_sklearn_scipy_or_pyplot(tmp_path: Path)
     proc = run_python("-c", code, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LOADED []" in proc.stdout.splitlines()
+    assert "COLLECTING True" in proc.stdout.splitlines()  # paused for the imports only
     assert (tmp_path / "figures" / "confusion_matrix.png").exists()
     assert (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def test_the_collector_paused_for_imports_freezes_them_and_collects_again() -> None:
+    assert gc.isenabled()
+    collector.imports_done()  # not paused (a test, a notebook): nothing changes
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    try:
+        collector.pause()
+        assert not gc.isenabled()
+        made_meanwhile = [[] for _ in range(100)]
+        collector.imports_done()
+        assert gc.isenabled() and gc.get_freeze_count() >= len(made_meanwhile)
+        collector.imports_done()  # once: a sweep's later jobs freeze nothing more
+        frozen = gc.get_freeze_count()
+        collector.imports_done()
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+        gc.enable()
 
 
 # ---------------------------------------------------------------- eval_every, timing, reuse

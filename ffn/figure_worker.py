@@ -1,0 +1,133 @@
+"""The end figures drawn in a process of its own, which imports matplotlib while the run trains.
+
+Importing matplotlib takes half a second, a tenth of a default run, which then waits for it
+after its last epoch. A run that will draw figures starts this worker first (`start`): a
+torch-free Python that imports ffn.figures on the machine's other core, then draws what it is
+sent, in order, and answers with the PNG. The drawing code is the same (ffn.figures), so the
+figure is byte for byte the one the run would draw itself; if the worker cannot be started or
+answers anything but a figure, the run draws it itself (`render`). One worker a process: a
+sweep's jobs share it. It is ended when the process ends (or, if that is killed, at the end of
+its stdin), and, in its own session, a Ctrl-C to the run's terminal never reaches it.
+
+    python -m ffn.figure_worker   # reads (name, arrays) pickles on stdin, writes Rendered
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A figure as TensorBoard and the run folder store it: PNG bytes and its size in pixels.
+
+    Defined here, matplotlib-free: the run unpickles the worker's answers without importing it.
+    """
+
+    png: bytes
+    width: int
+    height: int
+
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the worker imports this very ffn
+_worker: subprocess.Popen[bytes] | None = None
+
+
+def start() -> None:
+    """Start this process's worker, unless it runs already (in a sweep: from an earlier job)."""
+    global _worker
+    if _worker is not None and _worker.poll() is None:
+        return
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    try:
+        _worker = subprocess.Popen(
+            [sys.executable, "-m", "ffn.figure_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # the terminal's Ctrl-C is the run's to handle
+        )
+    except OSError:
+        _worker = None  # the run draws its figures itself
+        return
+    atexit.register(stop)
+
+
+def running() -> bool:
+    """Whether this process has a worker (started, and not failed since)."""
+    return _worker is not None and _worker.poll() is None
+
+
+def render(name: str, arrays: dict[str, np.ndarray]) -> Rendered:
+    """ffn.figures.render(name, arrays): by the worker if there is one, else in this process."""
+    global _worker
+    if _worker is not None:
+        try:
+            reply = _ask(_worker, (name, arrays))
+        except (OSError, EOFError, pickle.UnpicklingError):
+            reply = None
+        if isinstance(reply, Rendered):
+            return reply
+        stop()  # it failed: this process draws from now on, and raises what drawing raises
+    from ffn import figures
+
+    return figures.render(name, arrays)
+
+
+def _ask(worker: subprocess.Popen[bytes], request: Any) -> Any:
+    assert worker.stdin is not None and worker.stdout is not None
+    pickle.dump(request, worker.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+    worker.stdin.flush()
+    return pickle.load(worker.stdout)
+
+
+def stop() -> None:
+    """End the worker now, and reap it."""
+    global _worker
+    worker, _worker = _worker, None
+    if worker is None:
+        return
+    for stream in (worker.stdin, worker.stdout):
+        with contextlib.suppress(OSError):  # a worker that died leaves a broken pipe
+            if stream is not None:
+                stream.close()
+    # Every request was answered: nothing is lost, and one still importing need not finish
+    worker.kill()
+    worker.wait()
+
+
+def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
+    """Draw each (name, arrays) read from `requests` and write its Rendered (or, if drawing
+    failed, the error's text) to `replies`, until `requests` ends."""
+    from ffn import figures  # the import this process exists for, made before any request
+
+    while True:
+        try:
+            name, arrays = pickle.load(requests)
+        except EOFError:
+            return
+        try:
+            reply: Any = figures.render(name, arrays)
+        except Exception as error:  # the run draws it again itself, and reports what it raises
+            reply = f"{type(error).__name__}: {error}"
+        pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
+        replies.flush()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run ends it, by closing its stdin
+    serve(sys.stdin.buffer, sys.stdout.buffer)
