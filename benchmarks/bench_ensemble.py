@@ -125,10 +125,6 @@ def step_table(sizes: list[str], members: list[int], repeats: int) -> None:
 # ---------------------------------------------------------------------------- whole process
 
 
-def sweep_seconds(overrides: list[str], launcher: str, folder: Path, root: Path = ROOT) -> float:
-    return sweep_times(overrides, launcher, folder, root)[0]
-
-
 def sweep_times(
     overrides: list[str], launcher: str, folder: Path, root: Path = ROOT
 ) -> tuple[float, float]:
@@ -172,28 +168,33 @@ def against_table(other: Path, sweeps: list[str], epochs: int | None, repeats: i
 
 
 def whole_table(sweeps: list[str], epochs: int | None, repeats: int) -> None:
+    """Wall and the process tree's CPU (user + sys: the figure worker's included), medians: on
+    a loaded machine the wall time is the machine's as much as the sweep's."""
     print(f"\nwhole process, 32 jobs ({' '.join(GRID)}), {repeats} paired runs:")
-    print("| sweep | basic | ensemble | speed-up | load before / after |")
-    print("|---|---:|---:|---:|---|")
+    print(
+        "| sweep | basic wall | ensemble wall | speed-up | basic CPU | ensemble CPU | CPU ratio "
+        "| load before / after |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in sweeps:
             overrides = [*SWEEPS[name], *GRID, "trainer.progress=false"]
             if epochs:
                 overrides.append(f"trainer.max_epochs={epochs}")
-            times: dict[str, list[float]] = {"basic": [], "ensemble": []}
+            times: dict[str, list[tuple[float, float]]] = {"basic": [], "ensemble": []}
             load = os.getloadavg()[0]
             for r in range(repeats):
                 order = ["basic", "ensemble"] if r % 2 == 0 else ["ensemble", "basic"]
                 for launcher in order:
                     folder = Path(tmp) / f"{name}-{launcher}-{r}"
-                    times[launcher].append(sweep_seconds(overrides, launcher, folder))
-            basic, ensemble = (
-                statistics.median(times["basic"]),
-                statistics.median(times["ensemble"]),
-            )
+                    times[launcher].append(sweep_times(overrides, launcher, folder))
+            wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+            cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
             shown = f"{name}" + (f" ({epochs} epochs)" if epochs else "")
             print(
-                f"| {shown} | {basic:.1f} s | {ensemble:.1f} s | {basic / ensemble:.1f}x | "
+                f"| {shown} | {wall['basic']:.1f} s | {wall['ensemble']:.1f} s | "
+                f"{wall['basic'] / wall['ensemble']:.1f}x | {cpu['basic']:.1f} s | "
+                f"{cpu['ensemble']:.1f} s | {cpu['basic'] / cpu['ensemble']:.1f}x | "
                 f"{load:.1f} / {os.getloadavg()[0]:.1f} |",
                 flush=True,
             )
