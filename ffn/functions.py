@@ -90,17 +90,22 @@ class Apply:
 # column-major C, same values, no copy). One thread, this repo's AMD EPYC, us, C = A B, A (m, 64):
 # float64 (200, 64) B (64, 10) 22 -> 14, (1797, 64) B (64, 10) 195 -> 117, B (64, 4) 131 -> 51;
 # float32 (200, 64) B (64, 10) 20 -> 7, (1797, 64) B (64, 10) 168 -> 44. With a single column
-# (gemv) or from 16 columns on, or few rows, the plain product is as fast or faster, so those keep
-# it, as do other devices and stacked (3-D) operands.
+# (gemv) or from 16 columns on the plain product is as fast or faster, and so it is on small
+# products, where the transposed call's overhead shows ((200, 16) B (16, 2) 4.7 -> 5.3, (1000, 4)
+# B (4, 3) float64 8.1 -> 13; (1000, 16) B (16, 2) gains, 17 -> 11): those keep it, as do other
+# devices and stacked (3-D) operands.
 _NARROW_COLUMNS = range(2, 16)
 _TRANSPOSED_MIN_ROWS = 64
+_TRANSPOSED_MIN_SIZE = 8192  # rows x inner dimension of A
 
 
-def _transposed(rows: int, columns: int, a: Tensor) -> bool:
-    """Compute the (rows, columns) product of `a` and another as (B^T A^T)^T?"""
+def _transposed(a: Tensor, b: Tensor) -> bool:
+    """Compute a @ b as (b^T a^T)^T?  a: (m, k), b: (k, n)."""
+    rows, inner = a.shape[-2], a.shape[-1]
     return (
-        columns in _NARROW_COLUMNS
+        b.shape[-1] in _NARROW_COLUMNS
         and rows >= _TRANSPOSED_MIN_ROWS
+        and rows * inner >= _TRANSPOSED_MIN_SIZE
         and a.ndim == 2
         and a.device.type == "cpu"
     )
@@ -108,7 +113,7 @@ def _transposed(rows: int, columns: int, a: Tensor) -> bool:
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """a @ b, column-major where MKL is faster at that (see above).  (m, k), (k, n) -> (m, n)."""
-    if _transposed(a.shape[-2], b.shape[-1], a):
+    if _transposed(a, b):
         return (b.mT @ a.mT).mT
     return a @ b
 
@@ -123,7 +128,7 @@ def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     if bias is None:
         return matmul(x, weight)
     if x.ndim == 2:
-        if _transposed(x.shape[0], weight.shape[1], x):  # z^T = W^T x^T + b (b per row of z^T)
+        if _transposed(x, weight):  # z^T = W^T x^T + b (b per row of z^T)
             return torch.addmm(bias.unsqueeze(-1), weight.mT, x.mT).mT
         return torch.addmm(bias, x, weight)
     return torch.baddbmm(bias.unsqueeze(-2), x, weight)

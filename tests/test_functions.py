@@ -16,6 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
+from ffn import functions
 from ffn.activations import ACTIVATIONS, Activation
 from ffn.functions import (
     LinearFunction,
@@ -399,7 +400,7 @@ def test_linear_backward_formulas(n, d, h, with_bias):
 
 
 # A few outputs and many rows: the product is computed transposed (functions.matmul).
-NARROW = [(64, 2, 2), (200, 64, 10), (70, 3, 15)]
+NARROW = [(64, 128, 2), (200, 64, 10), (70, 120, 15)]
 
 
 def column_major(t: torch.Tensor) -> torch.Tensor:
@@ -423,7 +424,8 @@ def test_narrow_linear_is_the_transposed_product_with_the_plain_values(n, d, h):
         torch.testing.assert_close(grad_b, dz.sum(0), **close)
 
 
-def test_narrow_linear_checks_in_every_mode():
+def test_narrow_linear_checks_in_every_mode(monkeypatch):
+    monkeypatch.setattr(functions, "_TRANSPOSED_MIN_SIZE", 0)  # the path at gradcheck's size
     x = randn((64, 2), 34).requires_grad_()
     w, b = randn((2, 3), 35).requires_grad_(), randn((3,), 36).requires_grad_()
     assert LinearFunction.apply(x, w, b).stride() == (1, 64)

@@ -68,8 +68,9 @@ def test_gradients_equal_functions_and_twin(name, task, hidden):
 @pytest.mark.parametrize("task", TASKS)
 def test_gradients_with_narrow_outputs_equal_the_plain_layouts(task, monkeypatch):
     """200 rows, 10 outputs: products computed transposed (functions.matmul), same gradients."""
-    model = FeedForward(8, [16], 10, dtype=F64, seed=2)
+    model = FeedForward(8, [64], 10, dtype=F64, seed=2)
     x, y = problem(task, n=200, d=8, m=10)
+    assert functions.matmul(x.new_ones(200, 64), model.layers[1].weight).stride() == (1, 200)
     loss = manual_gradients(model, x, y, task)
     grads = [p.grad.clone() for p in model.parameters()]
     monkeypatch.setattr(functions, "_NARROW_COLUMNS", range(0))  # the plain products
