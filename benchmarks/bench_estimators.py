@@ -18,12 +18,18 @@ medians of wall time and of CPU time (this process's, so time spent waiting for 
 other jobs run is left out) and the medians of the per-round ratios sklearn / ffn (> 1: ffn
 faster), with the epochs each ran.
 
+`--plain-products` adds a third arm to every round: ffn with every product computed plainly,
+A @ B (`ffn.functions._NARROW_COLUMNS` emptied), as before `ffn.functions.matmul` computed
+narrow ones transposed; its line gives sklearn's time / its time, the same way.
+
     python benchmarks/bench_estimators.py [--pairs 5] [--epochs 100] [--dtype float32,float32]
+                                          [--plain-products]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -40,6 +46,7 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from ffn import functions
 from ffn.sklearn import FFNClassifier, FFNRegressor
 
 HIDDEN = (64,)
@@ -90,11 +97,23 @@ def ours_of(task: str, solver: str, epochs: int, dtype: str):
     return (FFNClassifier if task == "classification" else FFNRegressor)(**settings)
 
 
-def timed_fit(estimator, x, y) -> tuple[float, float]:
+@contextlib.contextmanager
+def plain_products():
+    """Inside, ffn computes every product as A @ B (none transposed by functions.matmul)."""
+    narrow = functions._NARROW_COLUMNS
+    functions._NARROW_COLUMNS = range(0)
+    try:
+        yield
+    finally:
+        functions._NARROW_COLUMNS = narrow
+
+
+def timed_fit(estimator, x, y, plain: bool = False) -> tuple[float, float]:
     """(wall seconds, this process's CPU seconds) of one fit."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    estimator.fit(x, y)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    with plain_products() if plain else contextlib.nullcontext():
+        wall, cpu = time.perf_counter(), time.process_time()
+        estimator.fit(x, y)
+        return time.perf_counter() - wall, time.process_time() - cpu
 
 
 FIRST_FIT = """
@@ -155,6 +174,11 @@ def main() -> None:
     parser.add_argument(
         "--first", action="store_true", help="also time the first fit in fresh processes"
     )
+    parser.add_argument(
+        "--plain-products",
+        action="store_true",
+        help="a third arm each round: ffn with every product A @ B, none transposed",
+    )
     args = parser.parse_args()
     ours_dtype, theirs_dtype = args.dtype.split(",")
     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -178,18 +202,24 @@ def main() -> None:
             if solver == "lbfgs":  # the iterations scipy makes before its own stop
                 epochs = warm_theirs.n_iter_
             ours_of(task, solver, epochs, ours_dtype).fit(x, y)
-            times = {k: {"ffn": [], "sklearn": []} for k in ("wall", "cpu")}
+            arms = ["ffn", "sklearn"] + (["plain"] if args.plain_products else [])
+            times = {k: {arm: [] for arm in arms} for k in ("wall", "cpu")}
             ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
+            plain_ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
             for i in range(args.pairs):
                 ours = ours_of(task, solver, epochs, ours_dtype)
                 theirs = theirs_of(task, solver, args.epochs)
                 order = [("ffn", ours, x), ("sklearn", theirs, x_theirs)]
+                if args.plain_products:
+                    order.append(("plain", ours_of(task, solver, epochs, ours_dtype), x))
                 for arm, est, xs in order if i % 2 == 0 else order[::-1]:
-                    wall, cpu = timed_fit(est, xs, y)
+                    wall, cpu = timed_fit(est, xs, y, plain=arm == "plain")
                     times["wall"][arm].append(wall)
                     times["cpu"][arm].append(cpu)
                 for k in ratios:
                     ratios[k].append(times[k]["sklearn"][-1] / times[k]["ffn"][-1])
+                    if args.plain_products:
+                        plain_ratios[k].append(times[k]["sklearn"][-1] / times[k]["plain"][-1])
             med = {k: {arm: statistics.median(v) for arm, v in d.items()} for k, d in times.items()}
             label = f"{name} {x.shape[0]}x{x.shape[1]}"
             print(
@@ -198,6 +228,13 @@ def main() -> None:
                 f"{med['cpu']['sklearn']:7.3f} {statistics.median(ratios['cpu']):5.2f}x"
                 f"  {ours.n_iter_}/{theirs.n_iter_}  (load {os.getloadavg()[0]:.2f})"
             )
+            if args.plain_products:
+                print(
+                    f"{'  ffn, plain products':<28} {med['wall']['plain']:7.3f} {'':>7} "
+                    f"{statistics.median(plain_ratios['wall']):5.2f}x "
+                    f"{med['cpu']['plain']:8.3f} {'':>7} "
+                    f"{statistics.median(plain_ratios['cpu']):5.2f}x"
+                )
     if args.first:
         first_fits(args.pairs, args.epochs, ours_dtype, theirs_dtype)
     print("ratio: the median over pairs of sklearn's time / ffn's; > 1 means ffn is faster")

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from ffn.eager_optim import eager_class
 from ffn.errors import ConfigError
+from ffn.functions import softmax
 from ffn.heap import kept_heap
 from ffn.metrics import epoch_scalars, evaluate, metric_name
 from ffn.model import FeedForward
@@ -405,8 +406,8 @@ class FFNClassifier(ClassifierMixin, _FFNEstimator):
         return self._fit(X, y, incremental=True, classes=classes)
 
     def predict_proba(self, X) -> np.ndarray:
-        """softmax of the logits.  -> (n, n_classes)."""
-        return torch.softmax(self._forward(X), dim=1).cpu().numpy()
+        """softmax of the logits (ffn.functions', the formula the loss uses).  -> (n, n_classes)."""
+        return np.ascontiguousarray(softmax(self._forward(X)).cpu().numpy())
 
     def predict(self, X) -> np.ndarray:
         """The most probable class.  -> (n,)."""

@@ -16,8 +16,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
+from ffn import functions
 from ffn.activations import ACTIVATIONS, Activation
-from ffn.functions import LinearFunction, MSEFunction, SoftmaxCrossEntropyFunction
+from ffn.functions import (
+    LinearFunction,
+    MSEFunction,
+    SoftmaxCrossEntropyFunction,
+    linear_backward,
+    linear_forward,
+)
 
 DTYPES = [torch.float32, torch.float64]
 F64 = torch.float64
@@ -390,6 +397,39 @@ def test_linear_backward_formulas(n, d, h, with_bias):
     torch.testing.assert_close(w.grad, (xd[:, :, None] * dz[:, None, :]).sum(0), **close)
     if with_bias:
         torch.testing.assert_close(b.grad, dz.sum(0), **close)
+
+
+# A few outputs and many rows: the product is computed transposed (functions.matmul).
+NARROW = [(64, 128, 2), (200, 64, 10), (70, 120, 15)]
+
+
+def column_major(t: torch.Tensor) -> torch.Tensor:
+    return t.mT.contiguous().mT
+
+
+@pytest.mark.parametrize(("n", "d", "h"), NARROW)
+def test_narrow_linear_is_the_transposed_product_with_the_plain_values(n, d, h):
+    x, w, b = randn((n, d), 30), randn((d, h), 31), randn((h,), 32)
+    z = linear_forward(x, w, b)
+    assert z.stride() == (1, n)  # column-major: the transposed product ran
+    close = {"rtol": 1e-13, "atol": 1e-13}
+    torch.testing.assert_close(z, torch.addmm(b, x, w), **close)
+    torch.testing.assert_close(linear_forward(x, w, None), x @ w, **close)
+    # the upstream gradient row-major, and column-major as a narrow z's loss delta is
+    for dz in (randn((n, h), 33), column_major(randn((n, h), 33))):
+        grad_x, grad_w, grad_b = linear_backward(dz, x, w)
+        assert grad_w.is_contiguous()  # a weight's gradient keeps the weight's layout
+        torch.testing.assert_close(grad_x, dz @ w.T, **close)
+        torch.testing.assert_close(grad_w, x.T @ dz, **close)
+        torch.testing.assert_close(grad_b, dz.sum(0), **close)
+
+
+def test_narrow_linear_checks_in_every_mode(monkeypatch):
+    monkeypatch.setattr(functions, "_TRANSPOSED_MIN_SIZE", 0)  # the path at gradcheck's size
+    x = randn((64, 2), 34).requires_grad_()
+    w, b = randn((2, 3), 35).requires_grad_(), randn((3,), 36).requires_grad_()
+    assert LinearFunction.apply(x, w, b).stride() == (1, 64)
+    check_all_modes(LinearFunction.apply, (x, w, b))
 
 
 def test_linear_skips_gradients_nobody_asked_for():

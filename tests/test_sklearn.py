@@ -87,6 +87,19 @@ def test_pickled_estimator_predicts_and_continues_alike(iris, optimizer: str) ->
     np.testing.assert_allclose(twin.coefs_[0], clf.coefs_[0], rtol=0, atol=1e-12)
 
 
+def test_predict_proba_is_the_softmax_of_the_logits() -> None:
+    """300 rows, 3 classes: the logits come back column-major (functions.matmul) and the
+    probabilities from functions.softmax; both as torch's softmax, rows summing to one."""
+    x, y = make_classification(300, 6, n_informative=4, n_classes=3, random_state=0)
+    clf = FFNClassifier(hidden_layer_sizes=(32,), max_epochs=3, random_state=0).fit(x, y)
+    proba = clf.predict_proba(x)
+    assert clf._forward(x).stride() == (1, 300) and proba.flags.c_contiguous
+    want = torch.softmax(clf._forward(x).contiguous(), dim=1).numpy()
+    np.testing.assert_allclose(proba, want, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-13)
+    assert (clf.predict(x) == clf.classes_[want.argmax(1)]).all()
+
+
 def test_partial_fit_and_warm_start_continue(iris) -> None:
     x_train, _, y_train, _ = iris
     clf = FFNClassifier(hidden_layer_sizes=(8,), lr=0.01, random_state=0)

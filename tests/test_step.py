@@ -16,7 +16,7 @@ import pytest
 import torch
 from penalty_cases import CASE_IDS, CASES
 
-from ffn import ACTIVATIONS, ConfigError, FeedForward, Penalty
+from ffn import ACTIVATIONS, ConfigError, FeedForward, Penalty, functions
 from ffn.losses import TASKS, loss_function
 from ffn.step import (
     autograd_train_step,
@@ -63,6 +63,22 @@ def test_gradients_equal_functions_and_twin(name, task, hidden):
         torch.testing.assert_close(loss, ref_loss, **CLOSE)
         for got, want in zip(grads, ref_grads, strict=True):
             torch.testing.assert_close(got, want, **CLOSE)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_gradients_with_narrow_outputs_equal_the_plain_layouts(task, monkeypatch):
+    """200 rows, 10 outputs: products computed transposed (functions.matmul), same gradients."""
+    model = FeedForward(8, [64], 10, dtype=F64, seed=2)
+    x, y = problem(task, n=200, d=8, m=10)
+    assert functions.matmul(x.new_ones(200, 64), model.layers[1].weight).stride() == (1, 200)
+    loss = manual_gradients(model, x, y, task)
+    grads = [p.grad.clone() for p in model.parameters()]
+    monkeypatch.setattr(functions, "_NARROW_COLUMNS", range(0))  # the plain products
+    assert functions.linear_forward(x, model.layers[0].weight, None).is_contiguous()
+    torch.testing.assert_close(manual_gradients(model, x, y, task), loss, **CLOSE)
+    for got, p in zip(grads, model.parameters(), strict=True):
+        assert got.stride() == p.stride()
+        torch.testing.assert_close(got, p.grad, **CLOSE)
 
 
 @pytest.mark.parametrize("name", [n for n, e in ACTIVATIONS.items() if e.param_name])
