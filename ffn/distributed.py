@@ -38,6 +38,9 @@ from ffn.metrics import epoch_scalars, metric_name
 BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size: a few all-reduces for a large net
 STORE_TIMEOUT = timedelta(minutes=30)  # connecting, and the process group's collectives
 POLL_S = 0.02  # how often a rank waiting on the store looks for its key and for a signal
+# How long rank 0, hosting the store (no torchrun agent: submitit, a world started by hand),
+# waits at a job's end for the other ranks to have read it: the store ends with its process.
+LEAVE_TIMEOUT_S = 60.0
 # The stopping rules of Run.should_stop, in the order of the per-epoch agreement's code
 STOPPING_RULES = ("grad_tol", "converged", "early_stopping")
 SIGNALS = interrupt.SIGNALS
@@ -157,8 +160,26 @@ class World:
                 if not self._announced:  # refused, already ended, interrupted before training
                     self.post("decision", {"kind": "end", "code": code, "value": value})
                 self.post("end", {"code": code, "value": value})
+                self.await_leaving()
             if code:
                 ignore_late_sigterm()
+
+    def leave(self) -> None:
+        """A rank other than 0 has read the job's end: rank 0 may take the store away."""
+        with contextlib.suppress(Exception):  # rank 0 gone already (its wait timed out)
+            self.post(f"left/{self.rank}", {})
+
+    def await_leaving(self) -> None:
+        """Rank 0, if its process hosts the store: until every other rank has left the job (or
+        LEAVE_TIMEOUT_S), so that none finds the store gone mid-read (a broken pipe, not its
+        exit status)."""
+        if self.size == 1 or self.rank != 0 or self.place.agent_store:
+            return
+        store = self.connect()
+        keys = [f"job{self._jobs}/left/{rank}" for rank in range(1, self.size)]
+        deadline = time.monotonic() + LEAVE_TIMEOUT_S
+        while not store.check(keys) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
 
     def agree_ready(self, error: ConfigError | None) -> None:
         """Every rank has built its run, or the first refusal (in rank order) is every rank's.

@@ -281,6 +281,7 @@ def _follow(cfg: DictConfig, world: distributed.World) -> float:
             distributed.remove_if_empty(run_dir)  # rank 0 refused and left no folder
     except interrupt.Interrupted as stopped:  # before training: rank 0 went, or a signal came
         end = {"code": stopped.flag.exit_code, "value": math.nan}
+    world.leave()
     if end["code"] and not multirun:
         distributed.ignore_late_sigterm()  # rank 0 has ended: the agent now SIGTERMs the rest
         sys.exit(end["code"])
