@@ -21,7 +21,7 @@ TIMING_PHASES = {
     "logging": "writing to TensorBoard: scalars, histograms, config text, HParams, flushing",
     "checkpoints": "writing checkpoints",
     "final_evaluation": "the final metrics on every split",
-    "figures": "drawing the end figures and writing them (PNG and TensorBoard)",
+    "figures": "the end figures: waiting for the figure worker to draw them, writing them",
 }
 
 
