@@ -2,20 +2,22 @@
 
 Importing matplotlib takes half a second, a tenth of a default run, which then waits for it
 after its last epoch. A run that will draw figures starts this worker first (`start`): a
-torch-free Python that imports ffn.figures on the machine's other core, then draws what it is
-sent, in order, and answers with the PNG. The drawing code is the same (ffn.figures), so the
-figure is byte for byte the one the run would draw itself; if the worker cannot be started or
-answers anything but a figure, the run draws it itself (`render`). One worker a process: a
-sweep's jobs share it. It is ended when the process ends (or, if that is killed, at the end of
-its stdin), and, in its own session, a Ctrl-C to the run's terminal never reaches it.
+torch-free Python that imports ffn.figures on the machine's other core, then runs what it is
+sent, in order (TASKS: an end figure's PNG, a sweep's summary.png), and answers. The drawing
+code is the same, so a figure is byte for byte the one the run would draw itself; if the worker
+cannot be started or fails a task, the run does it itself. One worker a process: a sweep's jobs
+share it, and its summary plot finds matplotlib loaded. It is ended when the process ends (or,
+if that is killed, at the end of its stdin), and, in its own session, a Ctrl-C to the run's
+terminal never reaches it.
 
-    python -m ffn.figure_worker   # reads (name, arrays) pickles on stdin, writes Rendered
+    python -m ffn.figure_worker   # reads (task, args) pickles on stdin, writes (ok, result)
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import os
 import pickle
 import signal
@@ -74,18 +76,33 @@ def running() -> bool:
 
 def render(name: str, arrays: dict[str, np.ndarray]) -> Rendered:
     """ffn.figures.render(name, arrays): by the worker if there is one, else in this process."""
-    global _worker
+    return _run("render", name, arrays)
+
+
+def save_summary_plot(summary: Any, path: Path) -> None:
+    """ffn.summary_plot.save_plot(summary, path), by the worker if there is one."""
+    _run("summary_plot", summary, path)
+
+
+# What the worker does, by name: "module:function", imported where it runs
+TASKS = {"render": "ffn.figures:render", "summary_plot": "ffn.summary_plot:save_plot"}
+
+
+def _task(name: str) -> Any:
+    module, _, function = TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _run(task: str, *args: Any) -> Any:
     if _worker is not None:
         try:
-            reply = _ask(_worker, (name, arrays))
-        except (OSError, EOFError, pickle.UnpicklingError):
-            reply = None
-        if isinstance(reply, Rendered):
-            return reply
-        stop()  # it failed: this process draws from now on, and raises what drawing raises
-    from ffn import figures
-
-    return figures.render(name, arrays)
+            ok, result = _ask(_worker, (task, args))
+        except (OSError, EOFError, pickle.PickleError, TypeError, ValueError):
+            ok, result = False, None  # a worker gone, or an answer that is none
+        if ok:
+            return result
+        stop()  # it failed: this process does it from now on, and raises what doing it raises
+    return _task(task)(*args)
 
 
 def _ask(worker: subprocess.Popen[bytes], request: Any) -> Any:
@@ -111,23 +128,26 @@ def stop() -> None:
 
 
 def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
-    """Draw each (name, arrays) read from `requests` and write its Rendered (or, if drawing
-    failed, the error's text) to `replies`, until `requests` ends."""
-    from ffn import figures  # the import this process exists for, made before any request
-
+    """Run each (task, args) read from `requests` and write (True, its result), or (False, the
+    error's text) if it raised, to `replies`, until `requests` ends."""
+    importlib.import_module("ffn.figures")  # the import this process exists for, made first
     while True:
         try:
-            name, arrays = pickle.load(requests)
+            task, args = pickle.load(requests)
         except EOFError:
             return
         try:
-            reply: Any = figures.render(name, arrays)
-        except Exception as error:  # the run draws it again itself, and reports what it raises
-            reply = f"{type(error).__name__}: {error}"
+            reply: tuple[bool, Any] = (True, _task(task)(*args))
+        except Exception as error:  # the run does it again itself, and reports what it raises
+            reply = (False, f"{type(error).__name__}: {error}")
         pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
         replies.flush()
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run ends it, by closing its stdin
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    # The answers get stdout's pipe to themselves: anything printed meanwhile, by Python or C,
+    # goes to stderr (/dev/null) instead of into a pickle
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin.buffer, replies)

@@ -491,9 +491,11 @@ def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def save_plot(summary: Summary, path: Path) -> None:
-    from ffn.summary_plot import save_plot as draw  # matplotlib: only when a plot is asked for
+    from ffn import figure_worker
 
-    draw(summary, path)
+    # matplotlib only when a plot is asked for; in a sweep that drew figures, the figure worker
+    # has it imported already (else this process draws)
+    figure_worker.save_summary_plot(summary, path)
 
 
 def plot_names(summaries: Sequence[Summary]) -> list[str]:

@@ -15,7 +15,7 @@ import yaml
 from helpers import ROOT, TINY, read_rows, run_ffn
 from hydra.core.utils import JobReturn, JobStatus
 
-from ffn import report, summary_plot
+from ffn import figure_worker, report, summary_plot
 from ffn.hparams import (
     HEADLINE_TAGS,
     MAX_METRICS,
@@ -114,6 +114,19 @@ def test_report_files(sweep: Path, tmp_path: Path) -> None:
     assert "ConfigError: lr" in markdown
     assert "train/loss" not in markdown  # train metrics are in the CSV only
     assert (out / "summary.png").stat().st_size > 1000
+
+
+def test_a_sweeps_figure_worker_draws_its_summary_png(sweep: Path, tmp_path: Path) -> None:
+    """The summary plot through the worker a sweep's runs started: the same PNG bytes."""
+    (summary,) = report.summarize_all(sweep)
+    summary_plot.save_plot(summary, tmp_path / "here.png")
+    figure_worker.start()
+    try:
+        report.save_plot(summary, tmp_path / "worker.png")
+        assert figure_worker.running()  # it did the task (a failure stops it)
+    finally:
+        figure_worker.stop()
+    assert (tmp_path / "worker.png").read_bytes() == (tmp_path / "here.png").read_bytes()
 
 
 def test_unswept_keys_take_each_run_s_own_value(tmp_path: Path) -> None:
