@@ -121,6 +121,7 @@ def test_a_figure_is_drawn_once_into_file_and_tensorboard(tmp_path: Path) -> Non
     assert int.from_bytes(png[16:20], "big") == 200 and int.from_bytes(png[20:24], "big") == 150
 
 
+@pytest.mark.slow
 def test_the_figure_worker_draws_the_png_this_process_draws() -> None:
     """Byte for byte, every end figure; a worker that died leaves the drawing to the run."""
     gen = torch.Generator().manual_seed(0)
