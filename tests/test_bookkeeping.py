@@ -121,6 +121,30 @@ def test_a_figure_is_drawn_once_into_file_and_tensorboard(tmp_path: Path) -> Non
     assert int.from_bytes(png[16:20], "big") == 200 and int.from_bytes(png[20:24], "big") == 150
 
 
+END_SCRIPT = """
+import atexit
+from ffn import collector
+class Noisy:
+    def __del__(self):
+        print("torn down")
+keep = Noisy()
+atexit.register(lambda: print("handled"))
+print("buffered", end=" ")
+collector.end_process(__file__)
+print("went on", end=" ")
+"""
+
+
+def test_python_script_ends_after_its_exit_handlers_without_the_teardown(tmp_path: Path) -> None:
+    script = tmp_path / "end.py"
+    script.write_text(END_SCRIPT)
+    proc = run_python(str(script))
+    assert (proc.returncode, proc.stdout) == (0, "buffered handled\n")
+    # run another way (runpy, as tests run run.py), the caller's code goes on as before
+    proc = run_python("-c", f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')")
+    assert proc.returncode == 0 and proc.stdout.startswith("buffered went on handled\n")
+
+
 @pytest.mark.slow
 def test_the_figure_worker_draws_the_png_this_process_draws() -> None:
     """Byte for byte, every end figure; a worker that died leaves the drawing to the run."""
