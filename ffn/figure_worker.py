@@ -20,6 +20,7 @@ import contextlib
 import importlib
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -44,14 +45,21 @@ class Rendered:
 
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the worker imports this very ffn
+# The worker imports at a lower priority: on a machine whose cores are busy it takes no CPU from
+# the run's loop, and a run that finds it not ready yet draws itself
+NICENESS = 10
 _worker: subprocess.Popen[bytes] | None = None
+_ready = False  # the worker said it has imported what it draws with
+_drew_here = False  # this process has drawn itself (matplotlib loaded): no worker gains more
 
 
 def start() -> None:
-    """Start this process's worker, unless it runs already (in a sweep: from an earlier job)."""
-    global _worker
-    if _worker is not None and _worker.poll() is None:
+    """Start this process's worker, unless it runs already (in a sweep: from an earlier job) or
+    this process has drawn itself (matplotlib is loaded here: a worker gains nothing)."""
+    global _worker, _ready
+    if (_worker is not None and _worker.poll() is None) or _drew_here:
         return
+    _ready = False
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
     try:
@@ -74,6 +82,19 @@ def running() -> bool:
     return _worker is not None and _worker.poll() is None
 
 
+def ready(timeout: float = 0.0) -> bool:
+    """Whether the worker has its imports done (waiting up to `timeout` seconds to hear so)."""
+    global _ready
+    if _ready or not running():
+        return _ready and running()
+    assert _worker is not None and _worker.stdout is not None
+    with contextlib.suppress(OSError, ValueError):
+        if select.select([_worker.stdout], [], [], timeout)[0]:
+            with contextlib.suppress(EOFError, pickle.PickleError):
+                _ready = pickle.load(_worker.stdout) == "ready"
+    return _ready
+
+
 def render(name: str, arrays: dict[str, np.ndarray]) -> Rendered:
     """ffn.figures.render(name, arrays): by the worker if there is one, else in this process."""
     return _run("render", name, arrays)
@@ -94,6 +115,8 @@ def _task(name: str) -> Any:
 
 
 def _run(task: str, *args: Any) -> Any:
+    if _worker is not None and not ready():
+        stop()  # still importing (the machine is busy): this process is faster
     if _worker is not None:
         try:
             ok, result = _ask(_worker, (task, args))
@@ -102,6 +125,8 @@ def _run(task: str, *args: Any) -> Any:
         if ok:
             return result
         stop()  # it failed: this process does it from now on, and raises what doing it raises
+    global _drew_here
+    _drew_here = True
     return _task(task)(*args)
 
 
@@ -114,8 +139,8 @@ def _ask(worker: subprocess.Popen[bytes], request: Any) -> Any:
 
 def stop() -> None:
     """End the worker now, and reap it."""
-    global _worker
-    worker, _worker = _worker, None
+    global _worker, _ready
+    worker, _worker, _ready = _worker, None, False
     if worker is None:
         return
     for stream in (worker.stdin, worker.stdout):
@@ -131,6 +156,8 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     """Run each (task, args) read from `requests` and write (True, its result), or (False, the
     error's text) if it raised, to `replies`, until `requests` ends."""
     importlib.import_module("ffn.figures")  # the import this process exists for, made first
+    pickle.dump("ready", replies)
+    replies.flush()
     while True:
         try:
             task, args = pickle.load(requests)
@@ -146,6 +173,8 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run ends it, by closing its stdin
+    if hasattr(os, "nice"):
+        os.nice(NICENESS)
     # The answers get stdout's pipe to themselves: anything printed meanwhile, by Python or C,
     # goes to stderr (/dev/null) instead of into a pickle
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")

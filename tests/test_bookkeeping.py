@@ -146,8 +146,11 @@ def test_python_script_ends_after_its_exit_handlers_without_the_teardown(tmp_pat
 
 
 @pytest.mark.slow
-def test_the_figure_worker_draws_the_png_this_process_draws() -> None:
+def test_the_figure_worker_draws_the_png_this_process_draws(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Byte for byte, every end figure; a worker that died leaves the drawing to the run."""
+    monkeypatch.setattr(figure_worker, "_drew_here", False)  # as in a fresh run's process
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 2, generator=gen), torch.randint(0, 3, (40,), generator=gen)
     model = FeedForward(2, [4], 3, seed=0)
@@ -158,6 +161,7 @@ def test_the_figure_worker_draws_the_png_this_process_draws() -> None:
     }
     figure_worker.start()
     try:
+        assert figure_worker.ready(timeout=60)  # (a run that finds it importing draws itself)
         drawn = {name: figure_worker.render(name, arrays) for name, arrays in wanted.items()}
         assert figure_worker.running()  # it answered every request
         assert drawn == {name: figures.render(name, arrays) for name, arrays in wanted.items()}
@@ -166,6 +170,15 @@ def test_the_figure_worker_draws_the_png_this_process_draws() -> None:
             figure_worker.render("confusion_matrix", wanted["confusion_matrix"])
             == (drawn["confusion_matrix"])
         )
+        assert not figure_worker.running()
+        monkeypatch.setattr(figure_worker, "_drew_here", False)
+        figure_worker.start()  # asked at once, while it imports: this process draws
+        assert (
+            figure_worker.render("confusion_matrix", wanted["confusion_matrix"])
+            == (drawn["confusion_matrix"])
+        )
+        assert not figure_worker.running()
+        figure_worker.start()  # starts none: this process has matplotlib loaded now
         assert not figure_worker.running()
     finally:
         figure_worker.stop()
@@ -222,14 +235,14 @@ def test_digits_file_is_load_digits() -> None:
 
 
 @pytest.mark.slow
-def test_a_default_run_imports_no_dynamo_sklearn_scipy_or_matplotlib(tmp_path: Path) -> None:
+def test_a_default_run_imports_no_dynamo_sklearn_scipy_or_pyplot(tmp_path: Path) -> None:
     """The default job (digits, Adam, cosine, histograms, figures, checkpoints), two epochs, in
     a fresh process: torch.optim steps without torch._dynamo (and so does every torch.optim
     optimizer built by ffn.eager_optim), digits loads without sklearn, the figures are drawn
-    by the figure worker (the run never imports matplotlib)."""
+    without pyplot (by the figure worker, or here if it is still importing)."""
     code = (
         "import atexit, runpy, sys\n"
-        "heavy = ('sklearn', 'scipy', 'torch._dynamo', 'matplotlib')\n"
+        "heavy = ('sklearn', 'scipy', 'torch._dynamo', 'matplotlib.pyplot')\n"
         "atexit.register(lambda: print('LOADED', sorted(m for m in heavy if m in sys.modules)))\n"
         "import gc; atexit.register(lambda: print('COLLECTING', gc.isenabled()))\n"
         f"sys.argv = ['run.py', 'trainer.max_epochs=2', 'hydra.run.dir={tmp_path}']\n"

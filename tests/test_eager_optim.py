@@ -4,7 +4,7 @@ Every optimizer class torch.optim lists, eager and as torch builds it, from the 
 gradients through a cosine schedule: bit for bit the same weights, the same state_dict, and each
 one's state_dict loads into the other. Whole runs never importing torch._dynamo is checked in
 test_bookkeeping's child process
-(`test_a_default_run_imports_no_dynamo_sklearn_scipy_or_matplotlib`).
+(`test_a_default_run_imports_no_dynamo_sklearn_scipy_or_pyplot`).
 """
 
 from __future__ import annotations

@@ -116,12 +116,16 @@ def test_report_files(sweep: Path, tmp_path: Path) -> None:
     assert (out / "summary.png").stat().st_size > 1000
 
 
-def test_a_sweeps_figure_worker_draws_its_summary_png(sweep: Path, tmp_path: Path) -> None:
+def test_a_sweeps_figure_worker_draws_its_summary_png(
+    sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The summary plot through the worker a sweep's runs started: the same PNG bytes."""
     (summary,) = report.summarize_all(sweep)
     summary_plot.save_plot(summary, tmp_path / "here.png")
+    monkeypatch.setattr(figure_worker, "_drew_here", False)  # as in a sweep's process
     figure_worker.start()
     try:
+        assert figure_worker.ready(timeout=60)
         report.save_plot(summary, tmp_path / "worker.png")
         assert figure_worker.running()  # it did the task (a failure stops it)
     finally:
