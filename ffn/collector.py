@@ -52,8 +52,8 @@ def end_process(script: str) -> None:
     without tearing down every object. Run another way (runpy, a test, `python -c`), the
     caller's code may go on: then only freeze, so the final collections skip everything."""
     gc.freeze()
-    if not _runs_as(script):
-        return
+    if not _runs_as(script) or not hasattr(threading, "_shutdown"):
+        return  # (an interpreter without threading's exit step ends the usual way)
     _exit_now()
 
 
