@@ -95,17 +95,31 @@ def epoch_scalars(
     train/loss, train/{accuracy|r2}, train/penalty, train/objective, train/grad_norm, and with a
     val part val/loss and val/{accuracy|r2}: what the runner and the estimators log each epoch.
     """
-    score = metric_name(task)
     train_m, _, preactivations = evaluate(model, *train, task)
     pen = penalty.value(penalised).to(train_m["loss"])
+    val_m = None if val is None else evaluate(model, *val, task)[0]
+    return scalar_table(task, train_m, pen, gradient_norm(model), val_m), preactivations
+
+
+def scalar_table(
+    task: str,
+    train_m: dict[str, Tensor],
+    pen: Tensor,
+    grad_norm: Tensor,
+    val_m: dict[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """The epoch's scalars by tag, from a split's `evaluate` values: the one list of them.
+
+    Each value 0-dim (one run) or (E,) (an ensemble's members, ffn/ensemble/evaluation.py).
+    """
+    score = metric_name(task)
     scalars = {
         "train/loss": train_m["loss"],
         f"train/{score}": train_m[score],
         "train/penalty": pen,
         "train/objective": train_m["loss"] + pen,
-        "train/grad_norm": gradient_norm(model),
+        "train/grad_norm": grad_norm,
     }
-    if val is not None:
-        val_m, _, _ = evaluate(model, *val, task)
+    if val_m is not None:
         scalars.update({"val/loss": val_m["loss"], f"val/{score}": val_m[score]})
-    return scalars, preactivations
+    return scalars

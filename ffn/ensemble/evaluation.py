@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ffn.ensemble.stack import StackedNet
 from ffn.functions import mse_forward, softmax_cross_entropy_value
-from ffn.metrics import accuracy, formula_forward, metric_name, r2_score
+from ffn.metrics import accuracy, formula_forward, metric_name, r2_score, scalar_table
 from ffn.penalties import Penalty
 from ffn.run_logger import activation_health
 
@@ -100,21 +100,12 @@ def stacked_epoch_evaluation(
 ) -> list[MemberEvaluation]:
     """Each member's `Run.epoch_evaluation()`: scalars and layer diagnostics on the host, and
     its train pre-activations.  train, val: x (E, n, d), y (E, n[, M]), each member its rows."""
-    score = metric_name(task)
     first = penalties[0]
     penalised = [p for p in net.parameters() if p.ndim >= 3 or first.include_bias]
     train_m, preactivations = _split_values(net, *train, task)
     pen = _penalty_values(penalties, penalised).to(train_m["loss"])
-    scalars = {
-        "train/loss": train_m["loss"],
-        f"train/{score}": train_m[score],
-        "train/penalty": pen,
-        "train/objective": train_m["loss"] + pen,
-        "train/grad_norm": _gradient_norms(net),
-    }
-    if val is not None:
-        val_m, _ = _split_values(net, *val, task)
-        scalars.update({"val/loss": val_m["loss"], f"val/{score}": val_m[score]})
+    val_m = None if val is None else _split_values(net, *val, task)[0]
+    scalars = scalar_table(task, train_m, pen, _gradient_norms(net), val_m)
     layers = _layer_values(net, preactivations)
     # One host transfer for every member's scalars and diagnostics: (K, E)
     columns = [*scalars.values(), *layers.values()]
