@@ -63,14 +63,18 @@ CHROMIUM_FLAGS = [
     "--hide-scrollbars",
 ]
 
-# Sort the table by SORT_BY, best first (what one click on its column does), server-side.
-SORT_JS = """
+# The HParams page's table element, found through every shadow root: `pane` for what follows.
+FIND_PANE_JS = """
 (() => {
   const all = [];
   const walk = n => { for (const e of n.querySelectorAll('*')) { all.push(e);
     if (e.shadowRoot) walk(e.shadowRoot); } };
   walk(document);
-  const pane = all.find(e => typeof e._queryServer === 'function' && '_sortByIndex' in e);
+  const pane = all.find(e => typeof e._queryServer === 'function' && '_sortByIndex' in e);"""
+# Sort the table by SORT_BY, best first (what one click on its column does), server-side.
+SORT_JS = (
+    FIND_PANE_JS
+    + """
   if (!pane || !pane._hparams || !pane._hparams.length) return 'not ready';
   const metrics = pane._metrics.map(m => m.info.name.tag);
   pane._sortDirection = 1;
@@ -79,19 +83,17 @@ SORT_JS = """
   return 'ok';
 })()
 """
+)
 # The columns the HParams page ticks, from its own state: {hparams: [names], metrics: [tags]}.
-TICKED_JS = """
-(() => {
-  const all = [];
-  const walk = n => { for (const e of n.querySelectorAll('*')) { all.push(e);
-    if (e.shadowRoot) walk(e.shadowRoot); } };
-  walk(document);
-  const pane = all.find(e => typeof e._queryServer === 'function' && '_sortByIndex' in e);
+TICKED_JS = (
+    FIND_PANE_JS
+    + """
   if (!pane || !pane._hparams || !pane._hparams.length || !pane._metrics) return null;
   return {hparams: pane._hparams.filter(h => h.displayed).map(h => h.info.name),
           metrics: pane._metrics.filter(m => m.displayed).map(m => m.info.name.tag)};
 })()
 """
+)
 # Every text node of the page, shadow roots included (what --dump-dom cannot see).
 TEXT_JS = """
 (() => {

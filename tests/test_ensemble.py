@@ -68,6 +68,16 @@ def test_stacked_gradients_with_each_members_activation_param(name: str, one_thr
         FeedForward(D, [5, 4], M, activation=name, activation_param=a, seed=s, dtype=torch.float64)
         for s, a in enumerate(params)
     ]
+    assert_stacked_gradients_are_each_members(models)
+
+
+def test_stacked_gradients_without_bias_and_single_neuron(one_thread) -> None:
+    for hidden, bias in (((5,), False), ((), True)):
+        assert_stacked_gradients_are_each_members(members("tanh", hidden, bias))
+
+
+def assert_stacked_gradients_are_each_members(models: list[FeedForward]) -> None:
+    """The stacked net's hand-written gradients, slice e: member e's own (classification)."""
     x, y = member_data("classification")
     net = StackedNet(models)
     manual_gradients(net, x, y, "classification")
@@ -75,18 +85,6 @@ def test_stacked_gradients_with_each_members_activation_param(name: str, one_thr
         manual_gradients(model, x[e], y[e], "classification")
         for p, s in zip(model.parameters(), net.parameters(), strict=True):
             torch.testing.assert_close(s.grad[e], p.grad, **TOL)
-
-
-def test_stacked_gradients_without_bias_and_single_neuron(one_thread) -> None:
-    for hidden, bias in (((5,), False), ((), True)):
-        models = members("tanh", hidden, bias)
-        x, y = member_data("classification")
-        net = StackedNet(models)
-        manual_gradients(net, x, y, "classification")
-        for e, model in enumerate(models):
-            manual_gradients(model, x[e], y[e], "classification")
-            for p, s in zip(model.parameters(), net.parameters(), strict=True):
-                torch.testing.assert_close(s.grad[e], p.grad, **TOL)
 
 
 EVALUATION_CASES = [  # activation, task, penalty, method, lams, activation_params
