@@ -23,11 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from ffn.run_record import STATUSES, event_files
 
 HParamValue = bool | int | float | str
+
+# tensorboard.plugins.hparams.metadata's names, written out: importing that module imports
+# TensorBoard's TensorFlow stub and graph protos (0.1 s of every run, before torch's import);
+# tests/test_event_file.py checks that they are its values.
+PLUGIN_NAME = "hparams"
+PLUGIN_DATA_VERSION = 0
+EXPERIMENT_TAG = "_hparams_/experiment"
+SESSION_START_INFO_TAG = "_hparams_/session_start_info"
+SESSION_END_INFO_TAG = "_hparams_/session_end_info"
 
 # ffn's run statuses -> the dashboard's session status (the table is ffn.run_record's).
 _SESSION_STATUS = {name: getattr(api_pb2, hp) for name, (_, hp) in STATUSES.items()}
@@ -67,9 +76,7 @@ HEADLINE_TAGS = tuple(dict.fromkeys(m.format(score=s) for m in HEADLINE_METRICS 
 
 
 def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
-    content = SummaryMetadata.PluginData(
-        plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()
-    )
+    content = SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=data.SerializeToString())
     return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=content))])
 
 
@@ -83,10 +90,8 @@ def session_start_summary(hparams: Mapping[str, HParamValue]) -> Summary:
             info.hparams[name].number_value = value
         else:
             info.hparams[name].string_value = str(value)
-    data = plugin_data_pb2.HParamsPluginData(
-        session_start_info=info, version=metadata.PLUGIN_DATA_VERSION
-    )
-    return _summary(metadata.SESSION_START_INFO_TAG, data)
+    data = plugin_data_pb2.HParamsPluginData(session_start_info=info, version=PLUGIN_DATA_VERSION)
+    return _summary(SESSION_START_INFO_TAG, data)
 
 
 def session_end_summary(status: str) -> Summary:
@@ -94,10 +99,8 @@ def session_end_summary(status: str) -> Summary:
     info = plugin_data_pb2.SessionEndInfo(
         status=_SESSION_STATUS.get(status, api_pb2.STATUS_UNKNOWN), end_time_secs=time.time()
     )
-    data = plugin_data_pb2.HParamsPluginData(
-        session_end_info=info, version=metadata.PLUGIN_DATA_VERSION
-    )
-    return _summary(metadata.SESSION_END_INFO_TAG, data)
+    data = plugin_data_pb2.HParamsPluginData(session_end_info=info, version=PLUGIN_DATA_VERSION)
+    return _summary(SESSION_END_INFO_TAG, data)
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, HParamValue]:
@@ -187,20 +190,19 @@ def experiment_summary(
         hparam_infos=infos,
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metrics],
     )
-    data = plugin_data_pb2.HParamsPluginData(
-        experiment=experiment, version=metadata.PLUGIN_DATA_VERSION
-    )
-    return _summary(metadata.EXPERIMENT_TAG, data)
+    data = plugin_data_pb2.HParamsPluginData(experiment=experiment, version=PLUGIN_DATA_VERSION)
+    return _summary(EXPERIMENT_TAG, data)
 
 
 def read_session_hparams(run_dir: Path) -> dict[str, HParamValue] | None:
     """The hyperparameters of the run's HParams session start record (None without one)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata
 
     for path in event_files(run_dir):
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:
-                if value.tag != metadata.SESSION_START_INFO_TAG:
+                if value.tag != SESSION_START_INFO_TAG:
                     continue
                 content = value.metadata.plugin_data.content
                 info = metadata.parse_session_start_info_plugin_data(content)

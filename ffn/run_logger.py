@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 from torch import Tensor
-from torch.utils.tensorboard import SummaryWriter
 
 from ffn import figure_arrays, figure_worker, run_record
+from ffn.event_file import EventFile, text_summary
 from ffn.figure_worker import Rendered
 from ffn.hparams import (
     HEADLINE_TAGS,
@@ -73,20 +73,18 @@ class RunLogger:
         self.run_dir = Path(log_dir)
         self.purge_step = purge_step
         # metrics/: the HParams session, headline scalars, figures, config
-        self.writer = SummaryWriter(
-            log_dir=str(self.run_dir / run_record.METRICS_EVENTS), purge_step=purge_step
-        )
-        self._diagnostics: SummaryWriter | None = None  # made at its first record
+        self.writer = EventFile(self.run_dir / run_record.METRICS_EVENTS, purge_step=purge_step)
+        self._diagnostics: EventFile | None = None  # made at its first record
         self.closed = False
         self.seconds: dict[str, float] = {}  # logging, figures: what they cost a run
         self._in_call = False
 
     @property
-    def diagnostics(self) -> SummaryWriter:
+    def diagnostics(self) -> EventFile:
         """diagnostics/: every other scalar, the histograms (made at first use)."""
         if self._diagnostics is None:
             folder = self.run_dir / run_record.DIAGNOSTICS_EVENTS
-            self._diagnostics = SummaryWriter(log_dir=str(folder), purge_step=self.purge_step)
+            self._diagnostics = EventFile(folder, purge_step=self.purge_step)
         return self._diagnostics
 
     @_timed("logging")
@@ -98,9 +96,9 @@ class RunLogger:
             into = headline if tag in HEADLINE_TAGS else others
             into.append(Summary.Value(tag=tag, simple_value=float(value)))
         if headline:
-            self.writer.file_writer.add_summary(Summary(value=headline), step)
+            self.writer.add_summary(Summary(value=headline), step)
         if others:
-            self.diagnostics.file_writer.add_summary(Summary(value=others), step)
+            self.diagnostics.add_summary(Summary(value=others), step)
 
     @_timed("logging")
     def histograms(self, model: FeedForward, preactivations: list[Tensor], step: int) -> None:
@@ -115,7 +113,7 @@ class RunLogger:
         protos = histogram_protos(present)
         if protos:
             summary = [Summary.Value(tag=tag, histo=proto) for tag, proto in protos.items()]
-            self.diagnostics.file_writer.add_summary(Summary(value=summary), step)
+            self.diagnostics.add_summary(Summary(value=summary), step)
 
     @_timed("figures")
     def figure(self, tag: str, fig: Figure, step: int, save_to: Path | None = None) -> None:
@@ -139,9 +137,7 @@ class RunLogger:
         proto = Summary.Image(
             height=image.height, width=image.width, colorspace=4, encoded_image_string=image.png
         )
-        self.writer.file_writer.add_summary(
-            Summary(value=[Summary.Value(tag=tag, image=proto)]), step
-        )
+        self.writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=proto)]), step)
 
     @_timed("figures")
     def final_figures(
@@ -171,22 +167,22 @@ class RunLogger:
     @_timed("logging")
     def text(self, tag: str, text: str) -> None:
         # TensorBoard renders text as markdown: indent to keep YAML as a code block.
-        self.writer.add_text(tag, "\n".join("    " + line for line in text.splitlines()))
+        indented = "\n".join("    " + line for line in text.splitlines())
+        self.writer.add_summary(text_summary(tag, indented))
 
     @_timed("logging")
     def hparams_start(self, hparams: Mapping[str, HParamValue]) -> None:
-        self.writer.file_writer.add_summary(session_start_summary(hparams))
+        self.writer.add_summary(session_start_summary(hparams))
 
     @_timed("logging")
     def hparams_end(self, status: str) -> None:
-        self.writer.file_writer.add_summary(session_end_summary(status))
+        self.writer.add_summary(session_end_summary(status))
 
     @_timed("logging")
     def close(self) -> None:
         if not self.closed:
             for writer in (self.writer, self._diagnostics):
                 if writer is not None:
-                    writer.flush()
                     writer.close()
             self.closed = True
 

@@ -239,10 +239,12 @@ def test_a_default_run_imports_no_dynamo_sklearn_scipy_or_pyplot(tmp_path: Path)
     """The default job (digits, Adam, cosine, histograms, figures, checkpoints), two epochs, in
     a fresh process: torch.optim steps without torch._dynamo (and so does every torch.optim
     optimizer built by ffn.eager_optim), digits loads without sklearn, the figures are drawn
-    without pyplot (by the figure worker, or here if it is still importing)."""
+    without pyplot (by the figure worker, or here if it is still importing), the event files
+    are written without torch's SummaryWriter and TensorBoard's TensorFlow stub."""
     code = (
         "import atexit, runpy, sys\n"
-        "heavy = ('sklearn', 'scipy', 'torch._dynamo', 'matplotlib.pyplot')\n"
+        "heavy = ('sklearn', 'scipy', 'torch._dynamo', 'matplotlib.pyplot',\n"
+        "         'torch.utils.tensorboard', 'tensorboard.compat.tensorflow_stub')\n"
         "atexit.register(lambda: print('LOADED', sorted(m for m in heavy if m in sys.modules)))\n"
         "import gc; atexit.register(lambda: print('COLLECTING', gc.isenabled()))\n"
         f"sys.argv = ['run.py', 'trainer.max_epochs=2', 'hydra.run.dir={tmp_path}']\n"
