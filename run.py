@@ -18,10 +18,12 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from ffn import cli_errors  # noqa: E402
+from ffn.compose import compose_a_run_once  # noqa: E402
 from ffn.config import register_configs  # noqa: E402
 
 register_configs()
 cli_errors.install()
+compose_a_run_once()  # Hydra composes a plain run's config twice; once is enough
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
