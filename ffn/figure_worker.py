@@ -20,10 +20,11 @@ import contextlib
 import importlib
 import os
 import pickle
-import select
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -51,20 +52,32 @@ NICENESS = 10
 _worker: subprocess.Popen[bytes] | None = None
 _ready = False  # the worker said it has imported what it draws with
 _drew_here = False  # this process has drawn itself (matplotlib loaded): no worker gains more
+# Answers by request number (a request's answer is the worker's n-th), read by a thread as the
+# worker writes them: the worker never waits to write one while this process writes a request
+_sent = 0
+_answers: dict[int, Any] = {}
+_answered = threading.Condition()
+_listening: threading.Thread | None = None  # the thread reading the worker's answers
+# Called while a request's answer has not come, instead of waiting, when set: the ensemble's
+# group (ffn/ensemble/group.py) lets its other members go on meanwhile, so its members' figures
+# are drawn while this process ends the others. Returns True to wait for the worker now.
+WAITING: Callable[[], bool] | None = None
 
 
-def start() -> None:
+def start(niceness: int = NICENESS) -> None:
     """Start this process's worker, unless it runs already (in a sweep: from an earlier job) or
-    this process has drawn itself (matplotlib is loaded here: a worker gains nothing)."""
-    global _worker, _ready
+    this process has drawn itself (matplotlib is loaded here: a worker gains nothing).
+    `niceness`: the worker's, added to this process's (an ensemble's many figures are most of
+    its end, while the run waits: it starts its worker at 0)."""
+    global _worker, _ready, _sent, _listening
     if (_worker is not None and _worker.poll() is None) or _drew_here:
         return
-    _ready = False
+    _ready, _sent = False, 0
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
     try:
         _worker = subprocess.Popen(
-            [sys.executable, "-m", "ffn.figure_worker"],
+            [sys.executable, "-m", "ffn.figure_worker", str(niceness)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -74,7 +87,40 @@ def start() -> None:
     except OSError:
         _worker = None  # the run draws its figures itself
         return
+    with _answered:
+        _answers.clear()
+    _listening = threading.Thread(target=_listen, args=(_worker,), daemon=True)
+    _listening.start()
     atexit.register(stop)
+
+
+def _listen(worker: subprocess.Popen[bytes]) -> None:
+    """Read the worker's answers as they come: "ready" first, then one per request."""
+    global _ready
+    assert worker.stdout is not None
+    count = -1  # the first message is "ready"
+    while True:
+        try:
+            answer = pickle.load(worker.stdout)
+        except Exception:  # the worker ended (or was stopped): nothing more will come
+            answer = _GONE
+        with _answered:
+            if worker is not _worker:  # stopped meanwhile: another worker's answers, or none
+                _answered.notify_all()
+                return
+            if answer is _GONE:
+                _answers[-1] = _GONE
+            elif count < 0:
+                _ready = answer == "ready"
+            else:
+                _answers[count] = answer
+            count += 1
+            _answered.notify_all()
+        if answer is _GONE:
+            return
+
+
+_GONE = object()  # in `_answers` at -1 once the worker has ended
 
 
 def running() -> bool:
@@ -84,15 +130,10 @@ def running() -> bool:
 
 def ready(timeout: float = 0.0) -> bool:
     """Whether the worker has its imports done (waiting up to `timeout` seconds to hear so)."""
-    global _ready
-    if _ready or not running():
+    with _answered:
+        if not _ready and running() and -1 not in _answers:
+            _answered.wait_for(lambda: _ready or -1 in _answers, timeout)
         return _ready and running()
-    assert _worker is not None and _worker.stdout is not None
-    with contextlib.suppress(OSError, ValueError):
-        if select.select([_worker.stdout], [], [], timeout)[0]:
-            with contextlib.suppress(EOFError, pickle.PickleError):
-                _ready = pickle.load(_worker.stdout) == "ready"
-    return _ready
 
 
 def render(name: str, arrays: dict[str, np.ndarray]) -> Rendered:
@@ -131,25 +172,49 @@ def _run(task: str, *args: Any) -> Any:
 
 
 def _ask(worker: subprocess.Popen[bytes], request: Any) -> Any:
-    assert worker.stdin is not None and worker.stdout is not None
+    """Send the request; its answer, once the worker has drawn every earlier one."""
+    global _sent
+    assert worker.stdin is not None
     pickle.dump(request, worker.stdin, protocol=pickle.HIGHEST_PROTOCOL)
     worker.stdin.flush()
-    return pickle.load(worker.stdout)
+    ticket, _sent = _sent, _sent + 1
+    with _answered:
+        while ticket not in _answers:
+            if worker is not _worker or -1 in _answers:
+                raise EOFError("the figure worker ended before it answered")
+            if WAITING is None:
+                _answered.wait()
+                continue
+            _answered.release()  # the others go on while this waits
+            try:
+                wait = WAITING()
+            finally:
+                _answered.acquire()
+            if wait and ticket not in _answers:
+                _answered.wait()
+        return _answers.pop(ticket)
 
 
 def stop() -> None:
     """End the worker now, and reap it."""
-    global _worker, _ready
-    worker, _worker, _ready = _worker, None, False
+    global _worker, _ready, _listening
+    with _answered:
+        worker, _worker, _ready = _worker, None, False
+        listening, _listening = _listening, None
+        _answers.clear()  # a request still waiting: its caller draws itself
+        _answered.notify_all()
     if worker is None:
         return
-    for stream in (worker.stdin, worker.stdout):
-        with contextlib.suppress(OSError):  # a worker that died leaves a broken pipe
-            if stream is not None:
-                stream.close()
+    with contextlib.suppress(OSError):  # a worker that died leaves a broken pipe
+        if worker.stdin is not None:
+            worker.stdin.close()
     # Every request was answered: nothing is lost, and one still importing need not finish
     worker.kill()
     worker.wait()
+    if listening is not None:  # it reads the end of the pipe, now the worker is gone
+        listening.join()
+    if worker.stdout is not None:
+        worker.stdout.close()
 
 
 def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
@@ -174,7 +239,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run ends it, by closing its stdin
     if hasattr(os, "nice"):
-        os.nice(NICENESS)
+        os.nice(int(sys.argv[1]) if len(sys.argv) > 1 else NICENESS)
     # The answers get stdout's pipe to themselves: anything printed meanwhile, by Python or C,
     # goes to stderr (/dev/null) instead of into a pickle
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")

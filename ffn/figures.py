@@ -6,12 +6,19 @@ Torch-free: ffn.figure_worker draws them in a process of its own, which imports 
 tensors. Plain `Figure`s, not pyplot's: they are only saved (PNG and TensorBoard), never shown,
 so no window, backend or pyplot import is needed, and nothing has to be closed.
 `savefig(format="png")` renders through Agg.
+
+A figure whose axes an earlier one in this process had (a confusion matrix of as many classes;
+decision regions over the same test points) is that Figure again with its data swapped: in the
+worker, a sweep's or an ensemble's members draw the same axes again and again, and building the
+axes and their ticks is a quarter of a figure's cost. The PNG is the same, byte for byte
+(tests/test_ensemble.py).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -19,6 +26,9 @@ from matplotlib.figure import Figure
 from ffn.figure_worker import Rendered
 
 FIGURE_DPI = 100
+KEEP_FIGURES = 8  # figures kept for reuse, the newest: a sweep draws a few kinds of axes
+# The kept figures and the artists whose data a reuse swaps, by drawing and what fixes the axes
+_KEPT: dict[tuple, dict[str, Any]] = {}
 
 
 def rendered(fig: Figure) -> Rendered:
@@ -32,12 +42,23 @@ def rendered(fig: Figure) -> Rendered:
 def confusion_matrix_figure(counts: np.ndarray) -> Figure:
     """Counts of (true, predicted) classes.  counts: (C, C) integers, rows true."""
     n_classes = counts.shape[0]
+    key = ("confusion_matrix", counts.shape)
+    kept = _kept(key)
+    if kept is not None:  # the same axes: new counts, the colours scaled to them as imshow does
+        kept["image"].set_data(counts)
+        kept["image"].set_clim(counts.min(), counts.max())
+        for text, count in zip(kept["texts"], counts.ravel(), strict=True):
+            text.set_text(str(int(count)))
+        return kept["figure"]
     fig = Figure(figsize=(1.6 + 0.45 * n_classes, 1.2 + 0.45 * n_classes))
     ax = fig.subplots()
-    ax.imshow(counts, cmap="Blues")
-    for i in range(n_classes):
-        for j in range(n_classes):
-            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=8)
+    image = ax.imshow(counts, cmap="Blues")
+    texts = [  # row by row, as counts.ravel()
+        ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=8)
+        for i in range(n_classes)
+        for j in range(n_classes)
+    ]
+    _keep(key, figure=fig, image=image, texts=texts)
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (test)")
     ax.set_xticks(range(n_classes))
     ax.set_yticks(range(n_classes))
@@ -65,13 +86,38 @@ def decision_regions_figure(
 
     g0: (G,), g1: (G,) the grid's coordinates; classes: (G, G), rows along g1; x: (n, 2), y: (n,).
     """
+    key = ("decision_regions", *(a.tobytes() for a in (g0, g1, x, y)), y.dtype.str)
+    kept = _kept(key)
+    if kept is not None:  # the same grid and points: only the regions are drawn anew
+        kept["regions"].remove()
+        # below the points, as in a new figure, where the regions were added before them
+        kept["regions"] = kept["axes"].contourf(
+            g0, g1, classes, alpha=0.3, cmap="tab10", zorder=kept["zorder"]
+        )
+        return kept["figure"]
     fig = Figure(figsize=(4.5, 4))
     ax = fig.subplots()
-    ax.contourf(g0, g1, classes, alpha=0.3, cmap="tab10")
+    regions = ax.contourf(g0, g1, classes, alpha=0.3, cmap="tab10")
     ax.scatter(x[:, 0], x[:, 1], c=y, s=8, cmap="tab10", edgecolors="k", lw=0.2)
     ax.set(xlabel="x1", ylabel="x2", title="decision regions (test points)")
     _margins(fig, left=0.8, right=0.25, bottom=0.6, top=0.4)  # ticks up to "-10.0" wide
+    below_points = regions.get_zorder() - 1e-6
+    _keep(key, figure=fig, axes=ax, regions=regions, zorder=below_points)
     return fig
+
+
+def _kept(key: tuple) -> dict[str, Any] | None:
+    """The figure kept under `key`, now the newest, or None."""
+    kept = _KEPT.pop(key, None)
+    if kept is not None:
+        _KEPT[key] = kept
+    return kept
+
+
+def _keep(key: tuple, **artists: Any) -> None:
+    _KEPT[key] = artists
+    while len(_KEPT) > KEEP_FIGURES:
+        del _KEPT[next(iter(_KEPT))]
 
 
 # Each end figure by name: the arrays ffn.figure_arrays makes for it are its keyword arguments

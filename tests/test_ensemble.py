@@ -296,3 +296,87 @@ def test_a_write_that_does_not_wait_lands_after_those_waiting(tmp_path) -> None:
         assert run_record.read_record(tmp_path)["status"] == "failed"
     assert run_record.read_record(tmp_path)["status"] == "failed"
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_figures_drawn_again_on_a_kept_figure_are_the_same_png(monkeypatch) -> None:
+    """A member's confusion matrix or decision regions drawn on the Figure an earlier member's
+    were drawn on (ffn.figures' reuse) is byte for byte the PNG of a new Figure."""
+    np = pytest.importorskip("numpy")
+    from ffn import figures
+
+    gen = np.random.default_rng(0)
+    x, y = gen.normal(size=(30, 2)), gen.integers(0, 3, 30)
+    g0, g1 = np.linspace(-3, 3, 40), np.linspace(-2, 2, 40)
+    plane = np.add.outer(g1, g0)
+    drawings = [
+        *(
+            ("decision_regions", dict(g0=g0, g1=g1, classes=c, x=x, y=y))
+            for c in (
+                (plane > 0).astype(np.int64) * 2,
+                (plane > 1).astype(np.int64),
+                np.zeros_like(plane, dtype=np.int64),
+            )
+        ),
+        *(
+            ("confusion_matrix", dict(counts=c))
+            for c in (
+                np.array([[9, 1], [2, 8]]),
+                np.array([[3, 3], [3, 3]]),
+                np.array([[0, 12], [5, 0]]),
+            )
+        ),
+    ]
+    kept: dict = {}
+    monkeypatch.setattr(figures, "_KEPT", kept)
+    again = [figures.render(name, arrays) for name, arrays in drawings]
+    assert len(kept) == 2  # one Figure a kind of axes, drawn again for the later members
+    for (name, arrays), png in zip(drawings, again, strict=True):
+        kept.clear()
+        assert figures.render(name, arrays) == png, name
+
+
+@pytest.mark.slow
+def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch) -> None:
+    """figure_worker.WAITING (the group's hold): requests of several greenlets in flight at
+    once, each answered with its own figure; the worker never waits on this process."""
+    np = pytest.importorskip("numpy")
+    from greenlet import getcurrent, greenlet
+
+    from ffn import figure_worker, figures
+
+    monkeypatch.setattr(figure_worker, "_drew_here", False)  # as in a fresh run's process
+    counts = [np.array([[k, 1], [2, 10 - k]]) for k in range(4)]
+    big = np.zeros((400, 400), dtype=np.int64)  # requests larger than a pipe's buffer
+    loop, holds = getcurrent(), []
+
+    def wait() -> bool:
+        holds.append(1)
+        return loop.switch()
+
+    def draw(c):
+        return figure_worker.render("confusion_matrix", {"counts": c}), figure_worker.render(
+            "decision_regions",
+            dict(
+                g0=np.arange(400.0),
+                g1=np.arange(400.0),
+                classes=big,
+                x=np.zeros((1, 2)),
+                y=np.zeros(1),
+            ),
+        )
+
+    figure_worker.start(niceness=0)
+    monkeypatch.setattr(figure_worker, "WAITING", wait)
+    try:
+        assert figure_worker.ready(timeout=60)
+        members = [greenlet(draw) for _ in counts]
+        results = [m.switch(c) for m, c in zip(members, counts, strict=True)]
+        while not all(m.dead for m in members):
+            for i, m in enumerate(members):
+                if not m.dead:
+                    results[i] = m.switch(i == 0 or members[0].dead)
+        assert figure_worker.running() and holds  # answered by the worker, while others went on
+    finally:
+        figure_worker.stop()
+    for c, (matrix, _) in zip(counts, results, strict=True):
+        assert matrix == figures.render("confusion_matrix", {"counts": c})

@@ -173,6 +173,8 @@ def test_both_launchers_leave_the_same_files_tags_and_keys(
         theirs.runtime.choices.pop("hydra/launcher")
         assert mine.runtime.choices == theirs.runtime.choices
         assert "run folder" in (member / "run.log").read_text()
+        for png in (alone / "figures").glob("*.png"):  # drawn while the group ended others
+            assert (member / "figures" / png.name).read_bytes() == png.read_bytes(), job
     summary = (ensemble_sweep / "summary.csv").read_text()
     assert summary.count("\n") == (basic_sweep / "summary.csv").read_text().count("\n")
 

@@ -5,7 +5,9 @@ folder, .hydra/, run.log, checks, resume, logging, stopping rules, checkpoints, 
 its own greenlet. Its Run's minibatch step is the one thing taken from it (train.RUN_HOOKS): the
 step switches to the group, which, once every member waits on a step, takes them all as one
 batched step (`Stack`) and switches back to each in turn. A member whose stopping rule fires
-simply stops asking; the others go on, and the group ends when every job has returned.
+simply stops asking; the others go on, and the group ends when every job has returned. A member
+whose end figure the figure worker is drawing is held (`figure_worker.WAITING`): the others go on
+meanwhile, so the worker draws while this process ends the other members.
 
 Between steps the stack is the members' parameters and optimizer state; at the end of each
 epoch (and on a signal) it is written back into each member's own model and torch.optim object,
@@ -24,7 +26,7 @@ from greenlet import getcurrent, greenlet
 from hydra.core.hydra_config import HydraConfig
 from torch import Tensor
 
-from ffn import interrupt, run_record, train
+from ffn import figure_worker, interrupt, run_record, train
 from ffn.ensemble.evaluation import MemberEvaluation, stacked_epoch_evaluation
 from ffn.ensemble.optim import StackedOptimizer
 from ffn.ensemble.stack import StackedNet, StackedPenalty
@@ -128,6 +130,7 @@ class Member:
         self.request: tuple[Tensor | None, int, int] | None = None  # (order, start, size)
         self.context: tuple[Any, list[logging.Handler]] | None = None
         self.result: Any = None
+        self.held = False  # waiting for the figure worker's answer (Group.hold)
 
     def adopt(self, run: train.Run) -> None:
         """Take the Run's minibatches and step; learn its stop flag when it starts training."""
@@ -179,6 +182,8 @@ class Member:
         # A greenlet not yet started is falsy; its first switch must pass no argument (the
         # launch function takes none)
         out = self.greenlet.switch(value) if self.greenlet else self.greenlet.switch()
+        if self.context is None and self.held:  # held before its first step: its job's config
+            self.context = (HydraConfig.instance().cfg, list(logging.root.handlers))
         if self.greenlet.dead:
             self.result, self.request = out, None
 
@@ -208,6 +213,7 @@ class Group:
         self.members = [Member(self, launch) for launch in launches]
         handlers = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
         train.RUN_HOOKS.append(self._adopt)
+        waiting_before, figure_worker.WAITING = figure_worker.WAITING, self.hold
         # every member's data is held by its Run anyway: the members of one seed load it once
         cache_size, train.DATASET_CACHE_SIZE = train.DATASET_CACHE_SIZE, len(launches)
         try:
@@ -218,18 +224,38 @@ class Group:
                 for member in self.members:  # each job runs up to its first step (or its end)
                     member.resume(None)
                 run_record.sync_waiting()  # every member's .hydra/ and metrics.json, at once
-                while waiting := [m for m in self.members if m.waiting]:
+                while True:
+                    waiting = [m for m in self.members if m.waiting]
+                    held = [m for m in self.members if m.held]
+                    if not waiting and not held:
+                        break
                     for batch in _aligned(waiting):
                         losses = self._step(batch).unbind(0)
                         for member, loss in zip(batch, losses, strict=True):
                             member.resume(loss)
                         run_record.sync_waiting()
+                    for i, member in enumerate(held):  # nothing else to do: the first waits
+                        member.resume(not waiting and i == 0)
+                    run_record.sync_waiting()
         finally:
+            figure_worker.WAITING = waiting_before
             train.DATASET_CACHE_SIZE = cache_size
             train.RUN_HOOKS.remove(self._adopt)
             for s, handler in handlers.items():  # each member restored its own, out of order
                 signal.signal(s, handler)
         return [m.result for m in self.members]
+
+    def hold(self) -> bool:
+        """figure_worker.WAITING: the member waiting for a figure hands the loop back until the
+        loop resumes it; True (the loop has nothing else to do): wait for the worker now."""
+        member = next((m for m in self.members if m.greenlet is getcurrent()), None)
+        if member is None:  # the loop itself (no member's job): nothing to hand back to
+            return True
+        member.held = True
+        try:
+            return bool(self.loop.switch(None))
+        finally:
+            member.held = False
 
     def _step(self, batch: tuple[Member, ...]) -> Tensor:
         stack = self.stacks.get(batch)

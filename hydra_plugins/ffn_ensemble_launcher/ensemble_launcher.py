@@ -89,8 +89,13 @@ class EnsembleLauncher(Launcher):
             if len(group) == 1:
                 returns[group[0]] = self._run(configs[group[0]])
             else:
+                from ffn import figure_worker
                 from ffn.ensemble.group import Group
 
+                if any(configs[i].trainer.figures for i in group):
+                    # Its members' figures are most of the group's end, drawn while it waits:
+                    # the worker gets the machine's share a run gets, not a background one
+                    figure_worker.start(niceness=0)
                 launches = [lambda c=configs[i]: self._run(c) for i in group]
                 for i, ret in zip(group, Group().run(launches), strict=True):
                     returns[i] = ret
