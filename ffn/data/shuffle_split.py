@@ -54,7 +54,8 @@ def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.Ran
     need_to_add = int(n_draws - floored.sum())
     if need_to_add > 0:
         remainder = continuous - floored
-        for value in np.sort(np.unique(remainder))[::-1]:
+        # the distinct remainders, largest first (np.unique here would import numpy.ma: 15 ms)
+        for value in sorted(set(remainder.tolist()), reverse=True):
             (inds,) = np.where(remainder == value)
             add_now = min(len(inds), need_to_add)
             inds = rng.choice(inds, size=add_now, replace=False)
