@@ -20,6 +20,7 @@ import contextlib
 import importlib
 import os
 import pickle
+import queue
 import signal
 import subprocess
 import sys
@@ -52,12 +53,15 @@ NICENESS = 10
 _worker: subprocess.Popen[bytes] | None = None
 _ready = False  # the worker said it has imported what it draws with
 _drew_here = False  # this process has drawn itself (matplotlib loaded): no worker gains more
-# Answers by request number (a request's answer is the worker's n-th), read by a thread as the
-# worker writes them: the worker never waits to write one while this process writes a request
+# Requests are written and answers read by two threads, so neither this process nor the worker
+# ever waits on the other's pipe: a request (a decision grid's arrays: 0.3 MB) waits in `_sending`
+# while the worker draws, and the answers are kept by request number (the worker's n-th answer
+# is the n-th request's) until their caller takes them
 _sent = 0
 _answers: dict[int, Any] = {}
 _answered = threading.Condition()
-_listening: threading.Thread | None = None  # the thread reading the worker's answers
+_sending: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+_threads: list[threading.Thread] = []  # the current worker's writer and reader
 # Called while a request's answer has not come, instead of waiting, when set: the ensemble's
 # group (ffn/ensemble/group.py) lets its other members go on meanwhile, so its members' figures
 # are drawn while this process ends the others. Returns True to wait for the worker now.
@@ -69,7 +73,7 @@ def start(niceness: int = NICENESS) -> None:
     this process has drawn itself (matplotlib is loaded here: a worker gains nothing).
     `niceness`: the worker's, added to this process's (an ensemble's many figures are most of
     its end, while the run waits: it starts its worker at 0)."""
-    global _worker, _ready, _sent, _listening
+    global _worker, _ready, _sent, _sending
     if (_worker is not None and _worker.poll() is None) or _drew_here:
         return
     _ready, _sent = False, 0
@@ -89,9 +93,29 @@ def start(niceness: int = NICENESS) -> None:
         return
     with _answered:
         _answers.clear()
-    _listening = threading.Thread(target=_listen, args=(_worker,), daemon=True)
-    _listening.start()
+    _sending = queue.SimpleQueue()
+    _threads[:] = [
+        threading.Thread(target=target, args=(_worker,), daemon=True) for target in (_send, _listen)
+    ]
+    for thread in _threads:
+        thread.start()
     atexit.register(stop)
+
+
+def _send(worker: subprocess.Popen[bytes]) -> None:
+    """Write the requests to the worker in order, until None (or the worker has gone)."""
+    assert worker.stdin is not None
+    sending = _sending
+    while (request := sending.get()) is not None:
+        try:
+            worker.stdin.write(request)
+            worker.stdin.flush()
+        except (OSError, ValueError):  # gone: whoever waits for an answer draws itself
+            with _answered:
+                if worker is _worker:
+                    _answers[-1] = _GONE
+                _answered.notify_all()
+            return
 
 
 def _listen(worker: subprocess.Popen[bytes]) -> None:
@@ -174,11 +198,10 @@ def _run(task: str, *args: Any) -> Any:
 def _ask(worker: subprocess.Popen[bytes], request: Any) -> Any:
     """Send the request; its answer, once the worker has drawn every earlier one."""
     global _sent
-    assert worker.stdin is not None
-    pickle.dump(request, worker.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-    worker.stdin.flush()
-    ticket, _sent = _sent, _sent + 1
+    data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
     with _answered:
+        ticket, _sent = _sent, _sent + 1
+        _sending.put(data)
         while ticket not in _answers:
             if worker is not _worker or -1 in _answers:
                 raise EOFError("the figure worker ended before it answered")
@@ -197,24 +220,24 @@ def _ask(worker: subprocess.Popen[bytes], request: Any) -> Any:
 
 def stop() -> None:
     """End the worker now, and reap it."""
-    global _worker, _ready, _listening
+    global _worker, _ready
     with _answered:
         worker, _worker, _ready = _worker, None, False
-        listening, _listening = _listening, None
         _answers.clear()  # a request still waiting: its caller draws itself
         _answered.notify_all()
     if worker is None:
         return
-    with contextlib.suppress(OSError):  # a worker that died leaves a broken pipe
-        if worker.stdin is not None:
-            worker.stdin.close()
+    _sending.put(None)
     # Every request was answered: nothing is lost, and one still importing need not finish
     worker.kill()
     worker.wait()
-    if listening is not None:  # it reads the end of the pipe, now the worker is gone
-        listening.join()
-    if worker.stdout is not None:
-        worker.stdout.close()
+    for thread in _threads:  # they end at the end of the pipes, now the worker is gone
+        thread.join()
+    _threads.clear()
+    for stream in (worker.stdin, worker.stdout):
+        with contextlib.suppress(OSError):  # a worker that died leaves a broken pipe
+            if stream is not None:
+                stream.close()
 
 
 def serve(requests: IO[bytes], replies: IO[bytes]) -> None:

@@ -60,3 +60,34 @@ def test_what_no_ensemble_can_do_is_refused_naming_the_key(override: str, key: s
         check_config(cfg)
     assert refused.value.key == key and "hydra/launcher=basic" in str(refused.value)
     check_config(configs([])[0])  # the defaults are fine
+
+
+def test_the_hydra_record_is_what_omegaconf_writes_of_its_config(tmp_path, monkeypatch) -> None:
+    """ffn.job.write_hydra_record dumps the hydra node's container without building a config
+    of it (each member of an ensemble writes one): the bytes OmegaConf.to_yaml wrote."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from ffn import job
+
+    register_configs()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["optimizer.lr=0.3", "+hydra.job.env_set.A='x: y'"],
+            return_hydra_config=True,
+        )
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored
+    HydraConfig.instance().set_config(cfg)
+    hydra_cfg = HydraConfig.get()
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    job.write_hydra_record(tmp_path, task)
+    expected = {
+        "config.yaml": OmegaConf.to_yaml(task),
+        "hydra.yaml": OmegaConf.to_yaml(
+            OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)})
+        ),
+        "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))),
+    }
+    for name, text in expected.items():
+        assert (tmp_path / ".hydra" / name).read_text() == text, name

@@ -3,11 +3,13 @@
 Every member is an ordinary Hydra job (Hydra's run_job, ffn.job.run_job, ffn.train.train: its
 folder, .hydra/, run.log, checks, resume, logging, stopping rules, checkpoints, record), run in
 its own greenlet. Its Run's minibatch step is the one thing taken from it (train.RUN_HOOKS): the
-step switches to the group, which, once every member waits on a step, takes them all as one
-batched step (`Stack`) and switches back to each in turn. A member whose stopping rule fires
-simply stops asking; the others go on, and the group ends when every job has returned. A member
-whose end figure the figure worker is drawing is held (`figure_worker.WAITING`): the others go on
-meanwhile, so the worker draws while this process ends the other members.
+step switches to the group, which, once every member waits on a step, takes them all as batched
+steps (`Stack`) to the epoch's end and switches back to each in turn, whose steps of that epoch
+then return at once (one switch a member-epoch, not one a minibatch). A member whose stopping
+rule fires simply stops asking; the others go on, and the group ends when every job has
+returned. A member whose end figure the figure worker is drawing is held
+(`figure_worker.WAITING`): the others go on meanwhile, so the worker draws while this process
+ends the other members.
 
 Between steps the stack is the members' parameters and optimizer state; at the end of each
 epoch (and on a signal) it is written back into each member's own model and torch.optim object,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -127,7 +130,9 @@ class Member:
         self.greenlet = greenlet(launch)
         self.run: train.Run | None = None
         self.stop: interrupt.StopFlag | None = None
-        self.request: tuple[Tensor | None, int, int] | None = None  # (order, start, size)
+        # (order, start, size, batch size) of the step it waits on
+        self.request: tuple[Tensor | None, int, int, int] | None = None
+        self.queued: deque[Tensor] = deque()  # its losses of the group's steps not yet taken
         self.context: tuple[Any, list[logging.Handler]] | None = None
         self.result: Any = None
         self.held = False  # waiting for the figure worker's answer (Group.hold)
@@ -146,7 +151,7 @@ class Member:
 
         def train_member(logger, stop):
             self.stop = stop
-            result = train_alone(logger, stop)
+            result = train_alone(logger, _AfterQueued(stop, self.queued))
             run_record.sync_waiting()  # its last checkpoint on disk before its record says so
             return result
 
@@ -159,14 +164,18 @@ class Member:
         for i, start in enumerate(range(0, n, batch)):
             if i < first:
                 continue
-            self.request = (order, start, min(batch, n - start))
+            self.request = (order, start, min(batch, n - start), batch)
             yield i, None, None
 
     def step(self, model, optimizer, penalty, x, y, task) -> Tensor:
-        """Wait for the group's batched step; returns this member's loss."""
-        if self.context is None:  # the job's Hydra config and log file, set up by now
-            self.context = (HydraConfig.instance().cfg, list(logging.root.handlers))
-        return self.group.loop.switch(self)
+        """This member's loss of the group's next batched step (waiting for the group's steps
+        to this epoch's end when none is queued)."""
+        if not self.queued:
+            if self.context is None:  # the job's Hydra config and log file, set up by now
+                self.context = (HydraConfig.instance().cfg, list(logging.root.handlers))
+            self.group.loop.switch(self)
+        self.request = None  # taken: the loop waits on no step until its next one
+        return self.queued.popleft()
 
     def epoch_evaluation(self) -> MemberEvaluation:
         """This member's share of its stack's one evaluation at this epoch's end."""
@@ -230,9 +239,9 @@ class Group:
                     if not waiting and not held:
                         break
                     for batch in _aligned(waiting):
-                        losses = self._step(batch).unbind(0)
-                        for member, loss in zip(batch, losses, strict=True):
-                            member.resume(loss)
+                        for member, losses in zip(batch, self._steps(batch), strict=True):
+                            member.queued.extend(losses.unbind(0))
+                            member.resume(None)
                         run_record.sync_waiting()
                     for i, member in enumerate(held):  # nothing else to do: the first waits
                         member.resume(not waiting and i == 0)
@@ -257,7 +266,9 @@ class Group:
         finally:
             member.held = False
 
-    def _step(self, batch: tuple[Member, ...]) -> Tensor:
+    def _steps(self, batch: tuple[Member, ...]) -> Tensor:
+        """The batch's minibatch steps from where its members wait to the epoch's end, or to
+        the step after which a signal came: each member's losses, (E, steps)."""
         stack = self.stacks.get(batch)
         if stack is None:
             for key in [k for k in self.stacks if set(k) & set(batch)]:
@@ -266,18 +277,22 @@ class Group:
         for member in batch:
             self.evaluations.pop(member, None)
         orders = [m.request[0] for m in batch]
-        _, start, size = batch[0].request
-        losses = stack.step(orders, start, size)
-        epoch_ends = start + size == batch[0].run.data.x_train.shape[0]
+        _, start, size, stride = batch[0].request
+        n = batch[0].run.data.x_train.shape[0]
+        losses = [stack.step(orders, start, size)]
+        while not interrupt.PENDING and start + size < n:
+            start += size
+            size = min(stride, n - start)
+            losses.append(stack.step(orders, start, size))
         if interrupt.PENDING:  # a signal: every member checkpoints after this step
             for stack_ in self.stacks.values():
                 stack_.write_back()
-            for member in self.members:
+            for member in self.members:  # (a member sees it once it has taken its steps)
                 if member.stop is not None and not member.stop:
                     member.stop.signum = interrupt.PENDING.signum
-        elif epoch_ends:  # the members evaluate, log, checkpoint and decide whether to stop
+        else:  # the epoch's end: the members evaluate, log, checkpoint and decide whether to stop
             stack.write_back()
-        return losses
+        return torch.stack(losses, dim=1)
 
     def evaluation_of(self, member: Member) -> MemberEvaluation:
         """The member's evaluation, its whole stack's evaluated at once at its first request."""
@@ -288,9 +303,38 @@ class Group:
 
 
 def _aligned(waiting: list[Member]) -> list[tuple[Member, ...]]:
-    """The waiting members by minibatch (start, size, full batch): each one batched step."""
-    by_position: dict[tuple[int, int, bool], list[Member]] = {}
+    """The waiting members by minibatch (start, size, batch size, full batch): each batch
+    steps together."""
+    by_position: dict[tuple[int, int, int, bool], list[Member]] = {}
     for member in waiting:
-        order, start, size = member.request
-        by_position.setdefault((start, size, order is None), []).append(member)
+        order, start, size, stride = member.request
+        by_position.setdefault((start, size, stride, order is None), []).append(member)
     return [tuple(members) for members in by_position.values()]
+
+
+class _AfterQueued:
+    """A member's stop flag as its loop sees it: set only once the member has taken the steps
+    the group took for it (a signal during the group's steps of an epoch stops every member
+    after the same step, the last one taken; its own handler may have set its flag first)."""
+
+    def __init__(self, flag: interrupt.StopFlag, queued: deque[Tensor]) -> None:
+        self.flag, self.queued = flag, queued
+
+    def __bool__(self) -> bool:
+        return bool(self.flag) and not self.queued
+
+    @property
+    def signum(self) -> int | None:
+        return self.flag.signum
+
+    @signum.setter
+    def signum(self, value: int | None) -> None:
+        self.flag.signum = value
+
+    @property
+    def exit_code(self) -> int:
+        return self.flag.exit_code
+
+    @property
+    def name(self) -> str:
+        return self.flag.name
