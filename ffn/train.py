@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from ffn import checkpoint, collector, constants, distributed, figure_worker, targets
+from ffn import checkpoint, collector, constants, distributed, figure_worker, run_record, targets
 from ffn.config import validate
 from ffn.data import Dataset, load_dataset
 from ffn.data.fingerprint import difference, fingerprint
@@ -468,7 +468,10 @@ def train(
     run.clock.add("imports", startup)
     run.clock.add("validate", validated)
     if on_ready is not None:  # everything built and checked: the job may now mark the folder
-        on_ready(run)
+        # its records (.hydra/'s three files, metrics.json) fsynced at once, not one by one:
+        # they share the filesystem's journal commits (4 files: 25 -> 13 ms here)
+        with run_record.fsyncs_together():
+            on_ready(run)
     # purge_step: events from a killed session past the checkpoint are discarded on reading.
     purge = run.state.epoch + 1 if resume_from is not None else None
     logger = RunLogger(run_dir, purge_step=purge) if world.writes else distributed.SilentLogger()
