@@ -47,6 +47,7 @@ from ffn.eager_optim import eager_class
 from ffn.errors import ConfigError
 from ffn.functions import numpy_products, softmax
 from ffn.heap import kept_heap
+from ffn.lbfgs import FlatLBFGS, flatten_parameters_
 from ffn.metrics import epoch_scalars, evaluate, metric_name
 from ffn.model import FeedForward
 from ffn.optimizers import OPTIMIZERS, OptimizerChoice
@@ -197,6 +198,7 @@ class _FFNEstimator(BaseEstimator):
         )
         with _named_parameters():
             self._model = FeedForward(**self._model_args, seed=seed, dtype=dtype, device=device)
+        self._flat = flatten_parameters_(self._model)  # one buffer: FlatLBFGS moves it whole
         self._optimizer = self._new_optimizer()
         self.n_outputs_ = n_outputs
         self.loss_curve_: list[float] = []
@@ -216,6 +218,10 @@ class _FFNEstimator(BaseEstimator):
         cls = _optimizer_class(choice)
         if issubclass(cls, torch.optim.LBFGS):  # changes below rounding are no progress
             settings["tolerance_change"] = torch.finfo(self._model.layers[0].weight.dtype).eps
+            if cls is eager_class(torch.optim.LBFGS):
+                optimizer = FlatLBFGS(self._model.parameters(), **settings)
+                optimizer.flat = self._flat
+                return optimizer
         return cls(self._model.parameters(), **settings)
 
     # --- training ----------------------------------------------------------------------------
@@ -382,6 +388,7 @@ class _FFNEstimator(BaseEstimator):
         state = super().__getstate__().copy()
         if "_model" in state:
             model = state.pop("_model")
+            state.pop("_flat")  # the model's own storage, rebuilt with it
             weight = model.layers[0].weight
             state["_model_state"] = (model.state_dict(), weight.dtype, str(weight.device))
             state["_optimizer"] = state["_optimizer"].state_dict()
@@ -395,6 +402,7 @@ class _FFNEstimator(BaseEstimator):
             weights, dtype, device = saved
             self._model = FeedForward(**self._model_args, dtype=dtype, device=device)
             self._model.load_state_dict(weights)
+            self._flat = flatten_parameters_(self._model)
             self._optimizer = self._new_optimizer()
             self._optimizer.load_state_dict(optimizer_state)
 
