@@ -97,6 +97,66 @@ def ours_of(task: str, solver: str, epochs: int, dtype: str):
     return (FFNClassifier if task == "classification" else FFNRegressor)(**settings)
 
 
+# What each side is set to, printed per configuration (the knobs that decide the work done).
+THEIR_KEYS = (
+    "hidden_layer_sizes",
+    "activation",
+    "solver",
+    "alpha",
+    "batch_size",
+    "learning_rate_init",
+    "beta_1",
+    "beta_2",
+    "epsilon",
+    "max_iter",
+    "tol",
+    "n_iter_no_change",
+    "early_stopping",
+    "shuffle",
+    "max_fun",
+)
+OUR_KEYS = (
+    "hidden_layer_sizes",
+    "activation",
+    "optimizer",
+    "penalty",
+    "lam",
+    "batch_size",
+    "lr",
+    "max_epochs",
+    "tol",
+    "n_iter_no_change",
+    "early_stopping",
+    "dtype",
+    "num_threads",
+)
+OPTIMIZER_KEYS = (
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "history_size",
+    "max_iter",
+    "max_eval",
+    "line_search_fn",
+)
+
+
+def configuration(theirs, ours, x_theirs) -> str:
+    """Both estimators' settings (ours after its fit: the optimizer torch built), one line each."""
+    their_params = theirs.get_params()
+    sk = ", ".join(f"{k}={their_params[k]}" for k in THEIR_KEYS if k in their_params)
+    params = ours.get_params()
+    group = ours._optimizer.param_groups[0]
+    built = ", ".join(f"{k}={group[k]}" for k in OPTIMIZER_KEYS if k in group)
+    ffn = ", ".join(f"{k}={params[k]}" for k in OUR_KEYS)
+    return (
+        f"  sklearn {type(theirs).__name__}({sk}), X {x_theirs.dtype}\n"
+        f"  ffn     {type(ours).__name__}({ffn})\n"
+        f"          {type(ours._optimizer).__name__}({built})"
+    )
+
+
 @contextlib.contextmanager
 def plain_products():
     """Inside, ffn computes every product as A @ B (none transposed by functions.matmul)."""
@@ -201,7 +261,8 @@ def main() -> None:
             warm_theirs = theirs_of(task, solver, epochs).fit(x_theirs, y)
             if solver == "lbfgs":  # the iterations scipy makes before its own stop
                 epochs = warm_theirs.n_iter_
-            ours_of(task, solver, epochs, ours_dtype).fit(x, y)
+            warm_ours = ours_of(task, solver, epochs, ours_dtype).fit(x, y)
+            print(configuration(warm_theirs, warm_ours, x_theirs))
             arms = ["ffn", "sklearn"] + (["plain"] if args.plain_products else [])
             times = {k: {arm: [] for arm in arms} for k in ("wall", "cpu")}
             ratios: dict[str, list[float]] = {"wall": [], "cpu": []}

@@ -22,12 +22,15 @@ The module knows nothing of the activation table: `activations.py` calls
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd import forward_ad
 
 Elementwise = Callable[[Tensor, float], Tensor]
 
@@ -114,8 +117,100 @@ def _transposed(a: Tensor, b: Tensor) -> bool:
     )
 
 
+# Inside `numpy_products()`, a CPU product of two float matrices is numpy's (its OpenBLAS), which
+# on this repo's AMD EPYC (AVX-512, where MKL takes a slower path) is faster at most shapes a
+# small network multiplies, float64 most (one thread, us, `python benchmarks/bench_products.py`,
+# load 1.9): (200, 64) @ (64, 64) 50 -> 36, (200, 64) @ (64, 10) 16 -> 11, (1797, 64) @ (64, 64)
+# 449 -> 338, (10, 5000) @ (5000, 64) 329 -> 225; a whole 200-row Adam step on digits 336 -> 314,
+# a 5000-row step on friedman1 1567 -> 1300. An outer product (inner dimension 1) and a gemv stay
+# torch's (numpy's outer product is 8x slower), and so do small products, where ~5 us of checks
+# and hand-over cost what numpy saves. numpy's result is a plain row-major array, which torch
+# shares without a copy. Off by default: numpy's BLAS runs on its own threads, which the caller
+# sets (ffn.sklearn's estimators set both), and the products are numbers only: a product autograd
+# must record (an input that requires grad, under grad mode), a tensor subclass, a transform's
+# wrapped tensor (vmap, torch.func), forward AD and dispatch modes stay torch's.
+_NUMPY_PRODUCTS: ContextVar[bool] = ContextVar("ffn_numpy_products", default=False)
+_NUMPY_DTYPES = (torch.float32, torch.float64)
+# Which products numpy computes (rows x inner x columns, measured in the graph-free step): from
+# 2**18 on all but outer products and gemv; from 2**15 the deep ones, inner dimension 32+, with
+# 16+ rows ((200, 10) @ (10, 64) and (10, 200) @ (200, 64) were 12 and 5 us slower in a step).
+_NUMPY_ALWAYS, _NUMPY_MIN = 2**18, 2**15
+_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
+
+
+@contextlib.contextmanager
+def numpy_products(enabled: bool = True) -> Iterator[None]:
+    """Inside, `matmul` and `linear_forward` multiply CPU float matrices with numpy's BLAS."""
+    token = _NUMPY_PRODUCTS.set(enabled)
+    try:
+        yield
+    finally:
+        _NUMPY_PRODUCTS.reset(token)
+
+
+def _numpy_product(a: Tensor, b: Tensor) -> bool:
+    """Compute a @ b with numpy?  a: (m, k), b: (k, n).  The cheapest checks first."""
+    if not (_NUMPY_PRODUCTS.get() and a.ndim == 2 and b.ndim == 2):
+        return False
+    (rows, inner), columns = a.shape, b.shape[1]
+    size = rows * inner * columns
+    return (
+        min(rows, inner, columns) >= 2
+        and (size >= _NUMPY_ALWAYS or (size >= _NUMPY_MIN and rows >= 16 and inner >= 32))
+        and a.dtype in _NUMPY_DTYPES
+        and a.dtype == b.dtype
+        and _blas_layout(a)
+        and _blas_layout(b)
+        and _numbers_only(a)
+        and _numbers_only(b)
+        and _no_mode()
+    )
+
+
+def _blas_layout(t: Tensor) -> bool:
+    """Row- or column-major in memory (what numpy hands BLAS in place)?  t: (m, k)."""
+    strides = t.stride()
+    return strides[1] == 1 or strides[0] == 1
+
+
+def _numbers_only(t: Tensor) -> bool:
+    """t's numbers are all a product needs: a plain CPU tensor that autograd need not follow."""
+    return (
+        t.is_cpu
+        and type(t) in _PLAIN_TENSORS
+        and not (t.requires_grad and torch.is_grad_enabled())
+        and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+        and not torch._C._functorch.is_legacy_batchedtensor(t)
+    )
+
+
+def _no_mode() -> bool:
+    """No forward-mode AD level, dispatch or torch-function mode that should see the product."""
+    return (
+        forward_ad._current_level < 0
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+    )
+
+
+def _numpy_bias(bias: Tensor, x: Tensor) -> bool:
+    """A bias added after numpy's product: x's dtype, and nothing but its numbers needed."""
+    return bias.dtype == x.dtype and _numbers_only(bias)
+
+
+def _as_numpy(t: Tensor) -> np.ndarray:
+    return (t.detach() if t.requires_grad else t).numpy()
+
+
+def _numpy_matmul(a: Tensor, b: Tensor) -> Tensor:
+    return torch.from_numpy(np.matmul(_as_numpy(a), _as_numpy(b)))
+
+
 def matmul(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b, column-major where MKL is faster at that (see above).  (m, k), (k, n) -> (m, n)."""
+    """a @ b, column-major where MKL is faster at that, numpy's inside `numpy_products` (see
+    above).  (m, k), (k, n) -> (m, n)."""
+    if _numpy_product(a, b):
+        return _numpy_matmul(a, b)
     if _transposed(a, b):
         return (b.mT @ a.mT).mT
     return a @ b
@@ -130,6 +225,8 @@ def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """
     if bias is None:
         return matmul(x, weight)
+    if _numpy_product(x, weight) and _numpy_bias(bias, x):
+        return _numpy_matmul(x, weight).add_(bias)  # torch's broadcast add: 3x numpy's
     if x.ndim == 2:
         if _transposed(x, weight):  # z^T = W^T x^T + b (b per row of z^T)
             return torch.addmm(bias.unsqueeze(-1), weight.mT, x.mT).mT
@@ -269,20 +366,29 @@ def _check_labels(target: Tensor) -> None:
 # reduction kernels (one thread, this repo's AMD EPYC: (1168, 10) float32 181 us against 48;
 # (256, 8) 32 against 17). On a minibatch (under 256 rows), with two classes or with many, torch's
 # one fused kernel wins ((32, 2) 1.9 us against 11; (1168, 100) 88 against 198), so those keep it,
-# as do other devices and the reduced precisions autocast feeds in. The choice depends on a
-# member's rows only, so stacked ensemble members take the path their single runs take.
+# as do other devices and the reduced precisions autocast feeds in; in float64, 8+ classes pay
+# from 128 rows ((200, 10) the loss and its delta 43 us against 35, (128, 10) 32 against 31;
+# (200, 3) 24 against 33 stays torch's). The choice depends on a member's rows only, so stacked
+# ensemble members take the path their single runs take.
 _COMPOSED_DTYPES = (torch.float32, torch.float64)
 _COMPOSED_CLASSES = range(3, 33)
 _COMPOSED_MIN_ROWS = 256
+_COMPOSED_MIN_ROWS_FLOAT64, _COMPOSED_MIN_CLASSES_FLOAT64 = 128, 8
 
 
 def _composed(logits: Tensor) -> bool:
-    return (
+    if not (
         logits.device.type == "cpu"
         and logits.dtype in _COMPOSED_DTYPES
-        and logits.shape[-1] in _COMPOSED_CLASSES
         and logits.ndim >= 2
-        and logits.shape[-2] >= _COMPOSED_MIN_ROWS
+        and logits.shape[-1] in _COMPOSED_CLASSES
+    ):
+        return False
+    rows, classes = logits.shape[-2], logits.shape[-1]
+    return rows >= _COMPOSED_MIN_ROWS or (
+        logits.dtype == torch.float64
+        and rows >= _COMPOSED_MIN_ROWS_FLOAT64
+        and classes >= _COMPOSED_MIN_CLASSES_FLOAT64
     )
 
 

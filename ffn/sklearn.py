@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib
 import math
 import warnings
@@ -39,12 +40,14 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import ThreadpoolController
 from torch import Tensor
 
 from ffn.eager_optim import eager_class
 from ffn.errors import ConfigError
-from ffn.functions import softmax
+from ffn.functions import numpy_products, softmax
 from ffn.heap import kept_heap
+from ffn.lbfgs import FlatLBFGS, flatten_parameters_
 from ffn.metrics import epoch_scalars, evaluate, metric_name
 from ffn.model import FeedForward
 from ffn.optimizers import OPTIMIZERS, OptimizerChoice
@@ -195,6 +198,7 @@ class _FFNEstimator(BaseEstimator):
         )
         with _named_parameters():
             self._model = FeedForward(**self._model_args, seed=seed, dtype=dtype, device=device)
+        self._flat = flatten_parameters_(self._model)  # one buffer: FlatLBFGS moves it whole
         self._optimizer = self._new_optimizer()
         self.n_outputs_ = n_outputs
         self.loss_curve_: list[float] = []
@@ -214,12 +218,18 @@ class _FFNEstimator(BaseEstimator):
         cls = _optimizer_class(choice)
         if issubclass(cls, torch.optim.LBFGS):  # changes below rounding are no progress
             settings["tolerance_change"] = torch.finfo(self._model.layers[0].weight.dtype).eps
+            if cls is eager_class(torch.optim.LBFGS):
+                optimizer = FlatLBFGS(self._model.parameters(), **settings)
+                optimizer.flat = self._flat
+                return optimizer
         return cls(self._model.parameters(), **settings)
 
     # --- training ----------------------------------------------------------------------------
 
     def _fit(self, X, y, incremental: bool, classes=None):
-        with torch_threads(self.num_threads), kept_heap():  # pages reused step to step
+        # numpy's BLAS for the products (ffn.functions.numpy_products), on num_threads too;
+        # the heap kept, so that pages are reused step to step
+        with compute_threads(self.num_threads), numpy_products(), kept_heap():
             return self._fit_here(X, y, incremental, classes)
 
     def _fit_here(self, X, y, incremental: bool, classes):
@@ -275,8 +285,12 @@ class _FFNEstimator(BaseEstimator):
                     for s in starts
                 ]
             with torch.no_grad():  # the mean of the batches' losses, weighted by their sizes
-                total = torch.stack(losses).to(sizes) @ sizes
-                objective = total / n + penalty.value(penalised).to(total)
+                if len(losses) == 1:  # one batch of all n rows (the per-epoch ops cost L-BFGS 3%)
+                    objective = losses[0]
+                else:
+                    objective = (torch.stack(losses).to(sizes) @ sizes) / n
+                if penalty.active:
+                    objective = objective + penalty.value(penalised).to(objective)
             self.loss_curve_.append(float(objective))  # the epoch's one host sync
             self.n_iter_ += 1
             self.t_ += n
@@ -331,7 +345,7 @@ class _FFNEstimator(BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         weight = self._model.layers[0].weight
-        with torch_threads(self.num_threads):
+        with compute_threads(self.num_threads), numpy_products():
             x = torch.as_tensor(_writable(X), dtype=weight.dtype, device=weight.device)
             return self._model(x)
 
@@ -378,6 +392,7 @@ class _FFNEstimator(BaseEstimator):
         state = super().__getstate__().copy()
         if "_model" in state:
             model = state.pop("_model")
+            state.pop("_flat")  # the model's own storage, rebuilt with it
             weight = model.layers[0].weight
             state["_model_state"] = (model.state_dict(), weight.dtype, str(weight.device))
             state["_optimizer"] = state["_optimizer"].state_dict()
@@ -391,6 +406,7 @@ class _FFNEstimator(BaseEstimator):
             weights, dtype, device = saved
             self._model = FeedForward(**self._model_args, dtype=dtype, device=device)
             self._model.load_state_dict(weights)
+            self._flat = flatten_parameters_(self._model)
             self._optimizer = self._new_optimizer()
             self._optimizer.load_state_dict(optimizer_state)
 
@@ -482,8 +498,9 @@ class FFNRegressor(RegressorMixin, _FFNEstimator):
 
 
 @contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to n inside (None: as they are), restored after.
+def compute_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads and numpy's BLAS threads set to n inside (None: as they are),
+    restored after.
 
     Small networks run fastest on one thread: a second one only spins, and on a busy machine
     two cost 30x (measured: a 300-step fit, 0.4 s on one thread, 12 s on two at load 7).
@@ -492,10 +509,17 @@ def torch_threads(n: int | None) -> Iterator[None]:
     if n is not None and n != before:
         torch.set_num_threads(int(n))
     try:
-        yield
+        with _blas_controller().limit(limits=n, user_api="blas") if n else contextlib.nullcontext():
+            yield
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    """threadpoolctl's view of the BLAS libraries loaded (numpy's, scipy's): 0.2 ms to build."""
+    return ThreadpoolController()
 
 
 def _optimizer_class(choice: OptimizerChoice) -> type[torch.optim.Optimizer]:

@@ -140,3 +140,80 @@ def test_runner_reaches_the_ridge_optimum(tmp_path: Path) -> None:
     w = torch.linalg.solve(xc.T @ xc + n * lam * torch.eye(x.shape[1], dtype=F64), xc.T @ yc)
     objective = float((xc @ w - yc).square().sum() / n + lam * w.square().sum())
     assert record["metrics"]["train/objective"] == pytest.approx(objective, rel=1e-12)
+
+
+# --- ffn.lbfgs: the same iterations with the parameters in one flat buffer ---------------------
+
+
+def friedman_problem(n: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 5, generator=generator, dtype=F64)
+    return x, (x[:, :1] * x[:, 1:2]).sin() + 0.1 * torch.randn(n, 1, generator=generator, dtype=F64)
+
+
+def test_flatten_parameters_keeps_values_and_views_one_buffer() -> None:
+    from ffn.lbfgs import flatten_parameters_
+
+    model = FeedForward(5, [7], 2, dtype=F64, seed=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    flat = flatten_parameters_(model)
+    assert flat.shape == (sum(p.numel() for p in before),)
+    for p, q in zip(model.parameters(), before, strict=True):
+        assert isinstance(p, torch.nn.Parameter) and p.requires_grad and p.is_leaf
+        assert torch.equal(p, q)
+    with torch.no_grad():
+        flat.add_(1.0)
+    for p, q in zip(model.parameters(), before, strict=True):
+        torch.testing.assert_close(p.detach(), q + 1.0)
+
+
+def test_flat_lbfgs_takes_torchs_steps() -> None:
+    """FlatLBFGS moves the buffer in one op where torch moves each tensor: the same iterates
+    (to rounding), the same evaluations, on a problem with line searches of several points."""
+    from ffn.lbfgs import FlatLBFGS, flatten_parameters_
+
+    x, y = friedman_problem()
+    settings = OPTIMIZERS["lbfgs"].settings() | dict(tolerance_grad=1e-12, tolerance_change=0.0)
+    plain, flat_model = (FeedForward(5, [8], 1, dtype=F64, seed=5) for _ in range(2))
+    flat = flatten_parameters_(flat_model)
+    ours = FlatLBFGS(flat_model.parameters(), **settings)
+    ours.flat = flat
+    assert ours.flat_buffer() is flat
+    torchs = torch.optim.LBFGS(plain.parameters(), **settings)
+    for _ in range(15):
+        lbfgs_step(plain, torchs, Penalty("l2", 1e-3), x, y, "regression")
+        lbfgs_step(flat_model, ours, Penalty("l2", 1e-3), x, y, "regression")
+    for p, q in zip(flat_model.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    state = ours.state[flat_model.layers[0].weight]
+    assert state["func_evals"] == torchs.state[plain.layers[0].weight]["func_evals"] > 15
+
+
+def test_flat_lbfgs_moves_each_tensor_once_they_leave_the_buffer() -> None:
+    from ffn.lbfgs import FlatLBFGS, flatten_parameters_
+
+    x, y = friedman_problem()
+    model = FeedForward(5, [8], 1, dtype=F64, seed=6)
+    optimizer = FlatLBFGS(model.parameters(), **OPTIMIZERS["lbfgs"].settings())
+    optimizer.flat = flatten_parameters_(FeedForward(5, [8], 1, dtype=F64))  # another model's
+    assert optimizer.flat_buffer() is None
+    loss = [lbfgs_step(model, optimizer, None, x, y, "regression") for _ in range(10)]
+    assert loss[-1] < loss[0]
+
+
+def test_lbfgs_cache_is_stale_once_a_gradient_changes_in_place() -> None:
+    """zero_grad(set_to_none=False) between two steps: the next step evaluates afresh."""
+    x, y = friedman_problem()
+    model = FeedForward(5, [8], 1, dtype=F64, seed=7)
+    optimizer = lbfgs(model)
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return manual_gradients(*args)
+
+    lbfgs_step(model, optimizer, None, x, y, "regression", gradients=counted)
+    evaluations = len(calls)
+    optimizer.zero_grad(set_to_none=False)
+    lbfgs_step(model, optimizer, None, x, y, "regression", gradients=counted)
+    assert len(calls) >= evaluations + 2  # the start point again, then the line search
