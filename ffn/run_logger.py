@@ -225,42 +225,49 @@ def activation_health(model: FeedForward, z: Tensor) -> Tensor | None:
 def histogram_protos(
     tensors: Mapping[str, Tensor], bins: int = HISTOGRAM_BINS
 ) -> dict[str, HistogramProto]:
-    """TensorBoard histograms of finite tensors, binned on their device; one host transfer.
+    """TensorBoard histograms of finite tensors, binned on their device; two host transfers.
 
     `bins` equal-width buckets over [min, max] of each tensor (as numpy's, [v - 0.5, v + 0.5]
     when every value is v), laid out as torch's add_histogram writes them: an empty bucket
-    whose right edge is the minimum, then the counts. Binned in the tensor's dtype, so a value
-    within rounding of an edge may land in the neighbouring bucket; tensors with a NaN or an
-    inf are left out.
+    whose right edge is the minimum, then the counts. First every tensor's min, max, sum and
+    sum of squares come to the host, in one transfer; tensors with a NaN or an inf are left out
+    there; the others are binned with those edges as numbers (5 kernels a tensor, not 20), in
+    the tensor's dtype, so a value within rounding of an edge may land in the neighbouring
+    bucket; their counts come in a second transfer.
     """
-    rows = []
-    for t in tensors.values():
-        # In the tensor's own dtype: a float64 copy of the larger ones costs more than the rest
-        flat = t.detach().reshape(-1)
-        vmin, vmax = flat.aminmax()
-        same = vmax == vmin
-        low, high = torch.where(same, vmin - 0.5, vmin), torch.where(same, vmax + 0.5, vmax)
-        moments = [flat.sum(dtype=torch.float64), flat.dot(flat).double()]
-        stats = torch.stack([vmin.double(), vmax.double(), *moments, low.double(), high.double()])
-        # numpy's binning: (x - low) * (bins / (high - low)), the top edge in the last bin
-        index = (flat - low).mul_(bins / (high - low)).to(torch.int32).clamp_(0, bins - 1)
-        rows.append(torch.cat([stats, torch.bincount(index, minlength=bins).double()]))
-    if not rows:
+    flats = [t.detach().reshape(-1) for t in tensors.values()]
+    if not flats:
         return {}
-    host = torch.stack(rows).cpu().tolist()
-    protos = {}
-    for tag, t, row in zip(tensors, tensors.values(), host, strict=True):
-        vmin, vmax, total, squares, low, high = row[:6]
+    moments = []
+    for flat in flats:
+        vmin, vmax = flat.aminmax()
+        moments += [vmin, vmax, flat.sum(dtype=torch.float64), flat.dot(flat)]
+    stats = torch.stack(moments).cpu().tolist()  # promoted to float64: exact
+    binned: list[tuple[int, str, float, float]] = []  # (position, tag, low edge, high edge)
+    counts = []
+    for i, (tag, flat) in enumerate(zip(tensors, flats, strict=True)):
+        vmin, vmax, _, squares = stats[4 * i : 4 * i + 4]
         if not math.isfinite(squares):  # a NaN or an inf anywhere makes the sum of squares so
             continue
+        low, high = (vmin - 0.5, vmax + 0.5) if vmax == vmin else (vmin, vmax)
+        binned.append((i, tag, low, high))
+        # numpy's binning: (x - low) * (bins / (high - low)), the top edge in the last bin
+        index = (flat - low).mul_(bins / (high - low)).to(torch.int32).clamp_(0, bins - 1)
+        counts.append(torch.bincount(index, minlength=bins))
+    if not counts:
+        return {}
+    counted = torch.stack(counts).cpu().tolist()
+    protos = {}
+    for (i, tag, low, high), row in zip(binned, counted, strict=True):
+        vmin, vmax, total, squares = stats[4 * i : 4 * i + 4]
         width = (high - low) / bins
         protos[tag] = HistogramProto(
             min=vmin,
             max=vmax,
-            num=t.numel(),
+            num=flats[i].numel(),
             sum=total,
             sum_squares=squares,
             bucket_limit=[low, *(low + width * k for k in range(1, bins + 1))],
-            bucket=[0.0, *row[6:]],
+            bucket=[0.0, *(float(c) for c in row)],
         )
     return protos
