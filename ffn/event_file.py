@@ -153,7 +153,9 @@ class EventFile:
         self._write(event)
 
     def _write(self, event: Event) -> None:
-        self._file.write(record(event.SerializeToString()))  # unbuffered: one write(2)
+        data = memoryview(record(event.SerializeToString()))
+        while data:  # unbuffered: one write(2), unless the disk takes less (then ENOSPC next)
+            data = data[self._file.write(data) :]
 
     def close(self) -> None:
         self._file.close()
