@@ -18,12 +18,14 @@ medians of wall time and of CPU time (this process's, so time spent waiting for 
 other jobs run is left out) and the medians of the per-round ratios sklearn / ffn (> 1: ffn
 faster), with the epochs each ran.
 
-`--plain-products` adds a third arm to every round: ffn with every product computed plainly,
-A @ B (`ffn.functions._NARROW_COLUMNS` emptied), as before `ffn.functions.matmul` computed
-narrow ones transposed; its line gives sklearn's time / its time, the same way.
+A third arm in every round, its line giving sklearn's time / its time the same way:
+`--torch-products`, ffn with torch's products (`ffn.functions.numpy_products` off: MKL, narrow
+ones transposed), as before the estimators used numpy's; `--plain-products`, ffn with every
+product torch's A @ B (numpy's off and `ffn.functions._NARROW_COLUMNS` emptied), as before
+`ffn.functions.matmul` computed narrow ones transposed.
 
     python benchmarks/bench_estimators.py [--pairs 5] [--epochs 100] [--dtype float32,float32]
-                                          [--plain-products]
+                                          [--torch-products | --plain-products]
 """
 
 from __future__ import annotations
@@ -158,19 +160,36 @@ def configuration(theirs, ours, x_theirs) -> str:
 
 
 @contextlib.contextmanager
+def torch_products():
+    """Inside, the estimators' fits keep torch's products (functions.numpy_products off)."""
+    import ffn.sklearn
+
+    enabled = ffn.sklearn.numpy_products
+    ffn.sklearn.numpy_products = lambda enabled=True: functions.numpy_products(False)
+    try:
+        yield
+    finally:
+        ffn.sklearn.numpy_products = enabled
+
+
+@contextlib.contextmanager
 def plain_products():
-    """Inside, ffn computes every product as A @ B (none transposed by functions.matmul)."""
+    """Inside, ffn computes every product as torch's A @ B (none numpy's, none transposed)."""
     narrow = functions._NARROW_COLUMNS
     functions._NARROW_COLUMNS = range(0)
     try:
-        yield
+        with torch_products():
+            yield
     finally:
         functions._NARROW_COLUMNS = narrow
 
 
-def timed_fit(estimator, x, y, plain: bool = False) -> tuple[float, float]:
+THIRD_ARMS = {"torch": torch_products, "plain": plain_products}
+
+
+def timed_fit(estimator, x, y, arm: str = "") -> tuple[float, float]:
     """(wall seconds, this process's CPU seconds) of one fit."""
-    with plain_products() if plain else contextlib.nullcontext():
+    with THIRD_ARMS[arm]() if arm in THIRD_ARMS else contextlib.nullcontext():
         wall, cpu = time.perf_counter(), time.process_time()
         estimator.fit(x, y)
         return time.perf_counter() - wall, time.process_time() - cpu
@@ -234,10 +253,20 @@ def main() -> None:
     parser.add_argument(
         "--first", action="store_true", help="also time the first fit in fresh processes"
     )
-    parser.add_argument(
+    third = parser.add_mutually_exclusive_group()
+    third.add_argument(
+        "--torch-products",
+        action="store_const",
+        const="torch",
+        dest="third",
+        help="a third arm each round: ffn with torch's products, none numpy's",
+    )
+    third.add_argument(
         "--plain-products",
-        action="store_true",
-        help="a third arm each round: ffn with every product A @ B, none transposed",
+        action="store_const",
+        const="plain",
+        dest="third",
+        help="a third arm each round: ffn with every product torch's A @ B, none transposed",
     )
     args = parser.parse_args()
     ours_dtype, theirs_dtype = args.dtype.split(",")
@@ -263,7 +292,7 @@ def main() -> None:
                 epochs = warm_theirs.n_iter_
             warm_ours = ours_of(task, solver, epochs, ours_dtype).fit(x, y)
             print(configuration(warm_theirs, warm_ours, x_theirs))
-            arms = ["ffn", "sklearn"] + (["plain"] if args.plain_products else [])
+            arms = ["ffn", "sklearn"] + ([args.third] if args.third else [])
             times = {k: {arm: [] for arm in arms} for k in ("wall", "cpu")}
             ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
             plain_ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
@@ -271,16 +300,16 @@ def main() -> None:
                 ours = ours_of(task, solver, epochs, ours_dtype)
                 theirs = theirs_of(task, solver, args.epochs)
                 order = [("ffn", ours, x), ("sklearn", theirs, x_theirs)]
-                if args.plain_products:
-                    order.append(("plain", ours_of(task, solver, epochs, ours_dtype), x))
+                if args.third:
+                    order.append((args.third, ours_of(task, solver, epochs, ours_dtype), x))
                 for arm, est, xs in order if i % 2 == 0 else order[::-1]:
-                    wall, cpu = timed_fit(est, xs, y, plain=arm == "plain")
+                    wall, cpu = timed_fit(est, xs, y, arm)
                     times["wall"][arm].append(wall)
                     times["cpu"][arm].append(cpu)
                 for k in ratios:
                     ratios[k].append(times[k]["sklearn"][-1] / times[k]["ffn"][-1])
-                    if args.plain_products:
-                        plain_ratios[k].append(times[k]["sklearn"][-1] / times[k]["plain"][-1])
+                    if args.third:
+                        plain_ratios[k].append(times[k]["sklearn"][-1] / times[k][args.third][-1])
             med = {k: {arm: statistics.median(v) for arm, v in d.items()} for k, d in times.items()}
             label = f"{name} {x.shape[0]}x{x.shape[1]}"
             print(
@@ -289,11 +318,11 @@ def main() -> None:
                 f"{med['cpu']['sklearn']:7.3f} {statistics.median(ratios['cpu']):5.2f}x"
                 f"  {ours.n_iter_}/{theirs.n_iter_}  (load {os.getloadavg()[0]:.2f})"
             )
-            if args.plain_products:
+            if args.third:
                 print(
-                    f"{'  ffn, plain products':<28} {med['wall']['plain']:7.3f} {'':>7} "
-                    f"{statistics.median(plain_ratios['wall']):5.2f}x "
-                    f"{med['cpu']['plain']:8.3f} {'':>7} "
+                    f"{'  ffn, ' + args.third + ' products':<28} {med['wall'][args.third]:7.3f} "
+                    f"{'':>7} {statistics.median(plain_ratios['wall']):5.2f}x "
+                    f"{med['cpu'][args.third]:8.3f} {'':>7} "
                     f"{statistics.median(plain_ratios['cpu']):5.2f}x"
                 )
     if args.first:
