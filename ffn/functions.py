@@ -117,9 +117,9 @@ def _transposed(a: Tensor, b: Tensor) -> bool:
     )
 
 
-# Inside `numpy_products()`, a CPU product of two float matrices is numpy's (its OpenBLAS), which
-# on this repo's AMD EPYC (AVX-512, where MKL takes a slower path) is faster at most shapes a
-# small network multiplies, float64 most (one thread, us, `python benchmarks/bench_products.py`,
+# Inside `numpy_products()`, a CPU product of two float64 matrices is numpy's (its OpenBLAS),
+# which on this repo's AMD EPYC (AVX-512, where MKL takes a slower path) is faster at most shapes
+# a small network multiplies (one thread, us, `python benchmarks/bench_products.py`,
 # load 1.9): (200, 64) @ (64, 64) 50 -> 36, (200, 64) @ (64, 10) 16 -> 11, (1797, 64) @ (64, 64)
 # 449 -> 338, (10, 5000) @ (5000, 64) 329 -> 225; a whole 200-row Adam step on digits 336 -> 314,
 # a 5000-row step on friedman1 1567 -> 1300. An outer product (inner dimension 1) and a gemv stay
@@ -130,7 +130,9 @@ def _transposed(a: Tensor, b: Tensor) -> bool:
 # must record (an input that requires grad, under grad mode), a tensor subclass, a transform's
 # wrapped tensor (vmap, torch.func), forward AD and dispatch modes stay torch's.
 _NUMPY_PRODUCTS: ContextVar[bool] = ContextVar("ffn_numpy_products", default=False)
-_NUMPY_DTYPES = (torch.float32, torch.float64)
+# float64 only: in float32 MKL ties OpenBLAS from 1797 rows on ((1797, 64) @ (64, 64) 160 against
+# 157 us) and no float32 fit measured faster through numpy
+_NUMPY_DTYPES = (torch.float64,)
 # Which products numpy computes (rows x inner x columns, measured in the graph-free step): from
 # 2**18 on all but outer products and gemv; from 2**15 the deep ones, inner dimension 32+, with
 # 16+ rows ((200, 10) @ (10, 64) and (10, 200) @ (200, 64) were 12 and 5 us slower in a step).
@@ -140,7 +142,7 @@ _PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 
 @contextlib.contextmanager
 def numpy_products(enabled: bool = True) -> Iterator[None]:
-    """Inside, `matmul` and `linear_forward` multiply CPU float matrices with numpy's BLAS."""
+    """Inside, `matmul` and `linear_forward` multiply CPU float64 matrices with numpy's BLAS."""
     token = _NUMPY_PRODUCTS.set(enabled)
     try:
         yield
