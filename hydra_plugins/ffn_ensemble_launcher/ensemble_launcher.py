@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
@@ -105,8 +104,7 @@ class EnsembleLauncher(Launcher):
         return returns
 
     def _run(self, config: DictConfig) -> JobReturn:
-        """One job as the basic launcher runs it."""
-        HydraConfig.instance().set_config(config)
+        """One job as the basic launcher runs it (run_job sets Hydra's config for the job)."""
         return run_job(
             hydra_context=self.hydra_context,
             task_function=self.task_function,
