@@ -152,6 +152,8 @@ def numpy_products(enabled: bool = True) -> Iterator[None]:
 
 def _numpy_product(a: Tensor, b: Tensor) -> bool:
     """Compute a @ b with numpy?  a: (m, k), b: (k, n).  The cheapest checks first."""
+    if torch.compiler.is_compiling():  # a traced graph keeps torch's product (and no break)
+        return False
     if not (_NUMPY_PRODUCTS.get() and a.ndim == 2 and b.ndim == 2):
         return False
     (rows, inner), columns = a.shape, b.shape[1]
