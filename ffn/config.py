@@ -122,9 +122,37 @@ def _schema() -> DictConfig:
     return OmegaConf.structured(Config)
 
 
+# The shapes of configs that passed check_schema (see _schema_shape), at most this many kept
+_SCHEMA_PASSED: dict[Any, None] = {}
+_SCHEMA_PASSED_MAX = 64
+
+
+def _schema_shape(value: Any) -> Any:
+    """The container with each bool, int and float replaced by its type: all that merging into
+    the schema checks of a number (OmegaConf's Integer/Float/Boolean/String/Any nodes accept or
+    refuse a bool, int or float by its type alone; a string by its text, so strings stay)."""
+    if isinstance(value, dict):
+        return (dict, tuple((key, _schema_shape(item)) for key, item in value.items()))
+    if isinstance(value, list):
+        return (list, tuple(_schema_shape(item) for item in value))
+    if isinstance(value, bool | int | float):
+        return type(value)
+    return value
+
+
 def check_schema(cfg: DictConfig) -> None:
-    """Refuse keys the schema lacks, even those a `+key=value` override slipped past Hydra."""
+    """Refuse keys the schema lacks, even those a `+key=value` override slipped past Hydra.
+
+    A sweep's jobs differ in numbers: a config of a shape that already passed passes again
+    without the merge (a copy of the schema: ~12 ms a job, most of `validate`)."""
     container = OmegaConf.to_container(cfg, resolve=False)
+    try:
+        shape = _schema_shape(container)
+        hash(shape)
+    except TypeError:  # an unhashable leaf (none in a composed config): always merge
+        shape = None
+    if shape is not None and shape in _SCHEMA_PASSED:
+        return
     try:
         OmegaConf.merge(_schema(), container)
     except (ConfigAttributeError, ConfigKeyError) as error:
@@ -135,6 +163,10 @@ def check_schema(cfg: DictConfig) -> None:
         raise ConfigError(error.full_key, value, "a known key: " + ", ".join(keys)) from None
     except ValidationError as error:
         raise ConfigError(error.full_key, error.value, error.msg.splitlines()[0]) from None
+    if shape is not None:
+        if len(_SCHEMA_PASSED) >= _SCHEMA_PASSED_MAX:
+            _SCHEMA_PASSED.clear()
+        _SCHEMA_PASSED[shape] = None
 
 
 def validate(cfg: DictConfig | Any) -> None:

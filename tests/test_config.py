@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from ffn.config import register_configs, validate
+from ffn.config import check_schema, register_configs, validate
 from ffn.errors import ConfigError
 from ffn.hparams import HPARAM_GROUPS
 from ffn.job import CONFIG_GROUPS, hyperparameters, run_job
@@ -275,6 +275,33 @@ def test_validate_refuses(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=re.escape(key)) as info:
         validate(cfg)
     assert info.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("passed", "refused"),
+    [
+        (3, 1.5),  # an int field: a float is refused by its type, whatever its value
+        ("3", "three"),  # a string is judged by its text
+        (True, 1.0),  # a bool field takes an int, never a float
+    ],
+)
+def test_schema_check_remembers_shapes_not_verdicts(passed: object, refused: object) -> None:
+    # check_schema skips the merge for a config shaped like one that passed (numbers by type):
+    # a value of another type, or another string, is still held against the schema
+    key = "trainer.figures" if isinstance(passed, bool) else "trainer.max_epochs"
+    plain = OmegaConf.to_container(compose_config([]), resolve=False)
+    for value in (passed, passed, refused):
+        cfg = OmegaConf.create(plain)  # untyped: what a `+key=value` slips past Hydra
+        OmegaConf.update(cfg, key, value)
+        if value is refused:
+            with pytest.raises(ConfigError, match=re.escape(key)):
+                check_schema(cfg)
+        else:
+            check_schema(cfg)
+    cfg = OmegaConf.create(plain)
+    OmegaConf.update(cfg, "trainer.epochs", 3, force_add=True)  # an unknown key: a new shape
+    with pytest.raises(ConfigError, match=re.escape("trainer.epochs")):
+        check_schema(cfg)
 
 
 @pytest.mark.parametrize("penalty", ["l1", "l2", "elastic_net"])
