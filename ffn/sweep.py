@@ -88,10 +88,20 @@ class SummaryCallback(Callback):
         loader = _hydra_config_loader()
         # the basic sweeper validates each batch before launching it (Optuna's does not)
         if loader is not None and str(config.hydra.sweeper._target_) == BASIC_SWEEPER:
+            from ffn.ensemble.compose import compose_by_template
+
+            # a job that differs from a composed one in values only (optimizer.lr=0.01) is
+            # derived from it, as the ensemble launcher's members are: 5 ms, not a composition
+            compose_by_template(loader)
             compose_each_job_once(loader)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._job_started = time.time()
+        loader = _hydra_config_loader()
+        if loader is not None:  # its batch is loaded: what it kept for a second load, goes
+            from ffn.ensemble.compose import forget_derived
+
+            forget_derived(loader)
         numbered = config.hydra.mode == RunMode.MULTIRUN and config.hydra.job.get("num") is not None
         if numbered and launch_env.is_writer():
             # stderr, not the log: the job's own log file is not attached yet
@@ -181,6 +191,8 @@ def compose_each_job_once(loader: Any) -> None:
         return copy.deepcopy(config)  # with the resolver cache: ${now:} resolves the same
 
     load_sweep_config.composes_once = True  # type: ignore[attr-defined]
+    if hasattr(compose, "derived"):  # compose_by_template's, for forget_derived to find
+        load_sweep_config.derived = compose.derived  # type: ignore[attr-defined]
     loader.load_sweep_config = load_sweep_config
 
 

@@ -32,7 +32,7 @@ from ffn.report import (
     write_report,
 )
 from ffn.run_logger import RunLogger
-from ffn.sweep import JobDiverged, compose_each_job_once, hand_back
+from ffn.sweep import JobDiverged, SummaryCallback, compose_each_job_once, hand_back
 
 
 def fake_run(
@@ -245,6 +245,43 @@ def test_optuna_gets_a_failed_trial_for_nan() -> None:
 
 
 # ---------------------------------------------------------------------------- real multirun
+
+
+def test_a_basic_sweeps_derived_jobs_are_the_configs_hydra_composes(tmp_path: Path) -> None:
+    """Under the basic sweeper a job differing from a composed one in values only is derived
+    (ffn.ensemble.compose): each is, hydra node and all, the config Hydra composes for it."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from ffn.config import register_configs
+    from ffn.ensemble.compose import compose_by_template
+
+    register_configs()  # as run.py does: conf/config.yaml's defaults name the schema
+    jobs = [
+        ["optimizer.lr=0.001", "trainer.seed=0"],
+        ["optimizer.lr=0.03", "trainer.seed=5"],  # derived: values only
+        ["optimizer.lr=1e-4", "trainer.seed=1", "penalty=l2"],  # a group choice: composed
+        ["optimizer.lr=2", "trainer.seed=2", "penalty=l2"],  # derived from the one above
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        swept = "optimizer.lr=" + ",".join(job[0].partition("=")[2] for job in jobs)
+        master = loader.load_configuration(
+            "config", [f"hydra.sweep.dir={tmp_path}", swept], run_mode=RunMode.MULTIRUN
+        )
+        composed = [loader.load_sweep_config(master, job) for job in jobs]
+        compose_by_template(loader)
+        compose_each_job_once(loader)  # as SummaryCallback.on_multirun_start wraps it
+        for job, theirs in zip(jobs, composed, strict=True):
+            for _ in ("validate_batch_is_legal", "the launcher"):
+                mine = loader.load_sweep_config(master, job)
+                assert OmegaConf.to_container(mine) == OmegaConf.to_container(theirs), job
+                assert OmegaConf.to_yaml(mine) == OmegaConf.to_yaml(theirs)  # 2, not 2.0
+        assert loader.load_sweep_config.derived  # kept for a second load ...
+        SummaryCallback().on_job_start(OmegaConf.create({"hydra": {"mode": None, "launcher": {}}}))
+        assert not loader.load_sweep_config.derived  # ... until the batch runs
 
 
 def test_each_job_is_composed_once_for_validation_and_launch() -> None:
