@@ -150,11 +150,7 @@ def fused_adam_update_(optimizer: torch.optim.Adam) -> bool:
             work.append((group, params, grads, averages, squares, steps))
     for group, params, grads, averages, squares, steps in work:
         beta1, beta2 = group["betas"]
-        counters = _shared_counters(steps)
-        if counters is None:
-            torch._foreach_add_(steps, 1)
-        else:  # the group's counts are one tensor's elements: one add (foreach's loop: 8 us)
-            counters.add_(1)
+        torch._foreach_add_(steps, 1)
         fused = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
         fused(
             params,
@@ -196,36 +192,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
         if is_fused_adam(optimizer) and fused_adam_update_(optimizer):
             return
     optimizer.step()
-    if optimizer not in _STEPPED and is_fused_adam(optimizer):
-        _share_counters(optimizer)
     _STEPPED.add(optimizer)
-
-
-def _share_counters(optimizer: torch.optim.Optimizer) -> None:
-    """Each param group's Adam step counts made elements of one tensor (the same values, each
-    state's "step" a 0-dim view of it), so that `fused_adam_update_` counts a step in one add.
-    torch.optim's own step still adds to each view; state_dict and loading see 0-dim tensors."""
-    for group in optimizer.param_groups:
-        states = [optimizer.state.get(p) for p in group["params"]]
-        steps = [state["step"] for state in states if state and "step" in state]
-        if len(steps) < 2 or _shared_counters(steps) is not None:
-            continue
-        first = steps[0]
-        if any(t.ndim or t.dtype != first.dtype or t.device != first.device for t in steps):
-            continue
-        counters = torch.stack(steps)
-        for i, state in enumerate(s for s in states if s and "step" in s):
-            state["step"] = counters[i]
-
-
-def _shared_counters(steps: list[Tensor]) -> Tensor | None:
-    """The tensor whose elements `steps` are, in order, or None."""
-    base = steps[0]._base
-    if base is None or base.ndim != 1 or base.numel() != len(steps):
-        return None
-    if any(t._base is not base or t.storage_offset() != i for i, t in enumerate(steps)):
-        return None
-    return base
 
 
 def train_step(
