@@ -157,7 +157,7 @@ def check_schema(cfg: DictConfig) -> None:
         OmegaConf.merge(_schema(), container)
     except (ConfigAttributeError, ConfigKeyError) as error:
         section = error.full_key.rpartition(".")[0]
-        node = OmegaConf.select(OmegaConf.structured(Config), section) if section else None
+        node = OmegaConf.select(_schema(), section) if section else None
         keys = sorted(node.keys()) if node is not None else sorted(Config.__dataclass_fields__)
         value = OmegaConf.select(cfg, error.full_key)
         raise ConfigError(error.full_key, value, "a known key: " + ", ".join(keys)) from None
