@@ -277,8 +277,9 @@ def test_the_collector_paused_for_imports_freezes_them_and_collects_again() -> N
         assert gc.isenabled() and gc.get_freeze_count() >= len(made_meanwhile)
         collector.imports_done()  # once: a sweep's later jobs freeze nothing more
         frozen = gc.get_freeze_count()
+        made_later = [[] for _ in range(100)]  # what a second freeze would take
         collector.imports_done()
-        assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen, len(made_later)
     finally:
         gc.unfreeze()
         gc.enable()

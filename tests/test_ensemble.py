@@ -264,8 +264,8 @@ def test_checkpoints_of_a_round_are_fsynced_together_and_renamed_in_order(tmp_pa
 
 
 def test_a_group_loads_each_seeds_data_once(monkeypatch) -> None:
-    """The group raises train.DATASET_CACHE_SIZE to its size: jobs alternating seeds (lr x seed)
-    get the same tensors again; one job at a time keeps the last dataset only."""
+    """The cache the group raises (train.DATASET_CACHE_SIZE, set here by hand): jobs alternating
+    seeds (lr x seed) get the same tensors again; a size of one keeps the last dataset only."""
     from omegaconf import OmegaConf
 
     from ffn import train
