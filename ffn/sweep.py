@@ -193,6 +193,8 @@ def compose_each_job_once(loader: Any) -> None:
     load_sweep_config.composes_once = True  # type: ignore[attr-defined]
     if hasattr(compose, "derived"):  # compose_by_template's, for forget_derived to find
         load_sweep_config.derived = compose.derived  # type: ignore[attr-defined]
+    # compose_by_template's mark, so that the launcher's own call does not wrap it again
+    load_sweep_config.derives_values = getattr(compose, "derives_values", False)  # type: ignore[attr-defined]
     loader.load_sweep_config = load_sweep_config
 
 

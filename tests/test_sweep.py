@@ -274,6 +274,9 @@ def test_a_basic_sweeps_derived_jobs_are_the_configs_hydra_composes(tmp_path: Pa
         composed = [loader.load_sweep_config(master, job) for job in jobs]
         compose_by_template(loader)
         compose_each_job_once(loader)  # as SummaryCallback.on_multirun_start wraps it
+        wrapped = loader.load_sweep_config
+        compose_by_template(loader)  # the ensemble launcher's setup, after the callback's
+        assert loader.load_sweep_config is wrapped  # not derived twice
         for job, theirs in zip(jobs, composed, strict=True):
             for _ in ("validate_batch_is_legal", "the launcher"):
                 mine = loader.load_sweep_config(master, job)
