@@ -134,16 +134,17 @@ def fsyncs_together() -> Iterator[None]:
     issued at once, share the filesystem's journal commits (32 files: 6-15x faster here)."""
     global _WAITING
     outer = _WAITING is not None
-    if not outer:
-        _WAITING = []
+    if outer:  # nested (a member's start inside its group's round): the outer one syncs
+        yield
+        return
+    _WAITING = []
     try:
         yield
     finally:
         try:
             sync_waiting()
         finally:
-            if not outer:
-                _WAITING = None
+            _WAITING = None
 
 
 def sync_waiting() -> None:

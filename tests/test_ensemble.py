@@ -298,6 +298,22 @@ def test_a_write_that_does_not_wait_lands_after_those_waiting(tmp_path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_members_own_fsyncs_together_leaves_the_sync_to_its_groups(tmp_path) -> None:
+    """train() wraps a job's first records in fsyncs_together; inside the group's round (the
+    outer one) leaving it syncs nothing: the round syncs every member's records at once."""
+    record = tmp_path / "metrics.json"
+    with run_record.fsyncs_together():
+        with run_record.fsyncs_together():  # a member's start
+            run_record.write_record(tmp_path, "running", may_wait=True)
+        assert not record.exists()  # still waiting for the round
+        run_record.sync_waiting()
+        assert run_record.read_record(tmp_path)["status"] == "running"
+    with run_record.fsyncs_together():  # alone (a basic job): synced on leaving
+        run_record.write_record(tmp_path, "completed", may_wait=True)
+    assert run_record.read_record(tmp_path)["status"] == "completed"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_figures_drawn_again_on_a_kept_figure_are_the_same_png(monkeypatch) -> None:
     """A member's confusion matrix or decision regions drawn on the Figure an earlier member's
     were drawn on (ffn.figures' reuse) is byte for byte the PNG of a new Figure."""
