@@ -81,7 +81,8 @@ def formula_forward(model: FeedForward, x: Tensor) -> tuple[Tensor, list[Tensor]
 def gradient_norm(model: FeedForward) -> Tensor:
     """||grad||_2 over all parameters, as a 0-dim tensor."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    # the norms in one call (on the CPU each is the tensor's own vector_norm, bitwise)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 @torch.no_grad()

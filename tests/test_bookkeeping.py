@@ -28,10 +28,10 @@ from ffn.config import Config, validate
 from ffn.data.shipped import _digits_file
 from ffn.data.shuffle_split import train_test_split
 from ffn.losses import loss_function
-from ffn.metrics import evaluate
+from ffn.metrics import evaluate, gradient_norm
 from ffn.model import FeedForward
 from ffn.progress import TIMING_PHASES
-from ffn.run_logger import HISTOGRAM_BINS, RunLogger
+from ffn.run_logger import HISTOGRAM_BINS, SATURATION_MARGIN, RunLogger, layer_diagnostics
 from ffn.run_record import DIAGNOSTICS_EVENTS, EVENT_FOLDERS, METRICS_EVENTS
 from ffn.train import Run, train
 
@@ -197,6 +197,52 @@ def test_evaluation_is_bitwise_the_functions_forward(activation: str, task: str)
         want_loss = loss_function(task, "manual")(want_out, y)
     assert torch.equal(out, want_out) and torch.equal(metrics["loss"], want_loss)
     assert all(torch.equal(z, w) for z, w in zip(preactivations, want_pre, strict=True))
+
+
+def _per_tensor_diagnostics(model: FeedForward, preactivations: list) -> dict:
+    """layer_diagnostics and gradient_norm as they were computed before the foreach norms: one
+    kernel chain per tensor, the fractions through .double().mean()."""
+    values = {}
+    for i, layer in enumerate(model.layers):
+        w = layer.weight
+        values[f"weight_norm/layer_{i}"] = w.norm()
+        if w.grad is not None:
+            values[f"grad_norm/layer_{i}"] = w.grad.norm()
+        values[f"sparsity/layer_{i}"] = (w == 0).double().mean()
+    for i, z in enumerate(preactivations):
+        if model.activation.health == "dead":
+            values[f"dead/layer_{i}"] = (z.amax(0) <= 0).double().mean()
+        elif model.activation.health == "saturated":
+            h = model.activation.forward(z, model.activation_param)
+            low = -1.0 if model.activation.name == "tanh" else 0.0
+            near = (h - low < SATURATION_MARGIN) | (1.0 - h < SATURATION_MARGIN)
+            values[f"saturated/layer_{i}"] = near.double().mean()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    values["gradient_norm"] = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g) for g in grads])
+    )
+    return values
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_layer_diagnostics_are_bitwise_the_per_tensor_formulas(activation, dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    model = FeedForward(5, [7, 6], 3, activation=activation, seed=1, dtype=dtype)
+    with torch.no_grad():
+        model.layers[0].weight[:2] = 0  # a lasso's zeros
+        model.layers[1].bias.fill_(-50.0)  # dead or saturated units
+    x = torch.randn(300, 5, generator=gen, dtype=dtype)
+    y = torch.randint(0, 3, (300,), generator=gen)
+    loss_function("classification")(model(x[:40]), y[:40]).backward()
+    model.layers[1].weight.grad = None  # a layer without a gradient
+    _, _, preactivations = evaluate(model, x, y, "classification")
+    got = {**layer_diagnostics(model, preactivations), "gradient_norm": gradient_norm(model)}
+    want = _per_tensor_diagnostics(model, preactivations)
+    assert list(got) == list(want)
+    for tag, value in want.items():
+        assert got[tag].dtype == value.dtype and torch.equal(got[tag], value), tag
+    assert got["sparsity/layer_0"] > 0 and got[f"{model.activation.health}/layer_1"] > 0
 
 
 # ---------------------------------------------------------------- data without scikit-learn
