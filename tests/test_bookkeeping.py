@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from ffn import collector, figure_arrays, figure_worker, figures
 from ffn.activations import ACTIVATIONS
 from ffn.config import Config, validate
-from ffn.data.shipped import _digits_file
+from ffn.data.shipped import _digits_file, small_integer_csv
 from ffn.data.shuffle_split import train_test_split
 from ffn.losses import loss_function
 from ffn.metrics import evaluate, gradient_norm
@@ -278,6 +278,18 @@ def test_digits_file_is_load_digits() -> None:
     bunch = load_digits()
     np.testing.assert_array_equal(x, bunch.data)
     np.testing.assert_array_equal(y, bunch.target)
+
+
+def test_small_integer_csv_reads_what_loadtxt_reads_and_refuses_the_rest() -> None:
+    rng = np.random.default_rng(0)
+    table = rng.integers(0, 100, (50, 7))
+    text = "".join(",".join(map(str, row)) + "\n" for row in table).encode()
+    got = small_integer_csv(text)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, np.loadtxt(text.decode().splitlines(), delimiter=","))
+    others = [b"", b"1,2\n3,4", b"1,2\n3\n", b"1\n2,3,4\n", b"1,,2\n3,4,5\n", b"1,234\n5,6\n"]
+    others += [b"1.5,2\n3,4\n", b"-1,2\n3,4\n", b"1,2\r\n3,4\r\n", b"a,2\n3,4\n"]
+    assert all(small_integer_csv(other) is None for other in others)
 
 
 @pytest.mark.slow

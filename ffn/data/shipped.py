@@ -50,9 +50,41 @@ def _digits_file() -> tuple[np.ndarray, np.ndarray] | None:
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
     if not path.is_file():
         return None
-    with gzip.open(path, mode="rt", encoding="utf-8") as f:
-        data = np.loadtxt(f, delimiter=",")
+    text = gzip.decompress(path.read_bytes())
+    data = small_integer_csv(text)
+    if data is None:  # not the file of small integers it has been: numpy's reader, as sklearn's
+        data = np.loadtxt(text.decode("utf-8").splitlines(), delimiter=",")
     return data[:, :-1], data[:, -1].astype(int)
+
+
+def small_integer_csv(text: bytes) -> np.ndarray | None:
+    """Rows of 1- or 2-digit integers, comma-separated, each row ended by a newline, read as
+    np.loadtxt(delimiter=",") reads them (float64), at once: 1 ms where loadtxt takes 17-19
+    for digits' 1797 x 65 (1% of the time to a default run's first step); None for any other
+    text.  -> (rows, columns)."""
+    a = np.frombuffer(text, np.uint8)
+    newline, comma = a == ord("\n"), a == ord(",")
+    ends = np.flatnonzero(newline | comma)  # where each field ends
+    rows = int(newline.sum())
+    if not rows or not len(a) or a[-1] != ord("\n") or len(ends) % rows:
+        return None
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    width = ends - starts
+    columns = len(ends) // rows
+    digits = a.astype(np.int64) - ord("0")
+    if (
+        width.min() < 1
+        or width.max() > 2
+        or not np.array_equal(
+            np.flatnonzero(newline[ends]), np.arange(columns - 1, len(ends), columns)
+        )
+        or ((digits < 0) | (digits > 9))[~(newline | comma)].any()
+    ):
+        return None
+    two = width == 2
+    values = digits[starts]
+    values[two] = values[two] * 10 + digits[starts[two] + 1]
+    return values.reshape(rows, columns).astype(np.float64)
 
 
 SHIPPED: dict[str, Callable[[DatasetConfig, int], Arrays]] = {
