@@ -5,8 +5,9 @@ fused Adam, cosine, 100 epochs; no figures) in this process, with the run's phas
 reading `time.process_time` instead of the wall clock, so that other jobs on a shared machine
 do not count; prints steps, evaluation, logging and checkpoints, and (evaluation + logging) /
 loop, for each `trainer.histogram_every` and `trainer.eval_every` asked for, interleaved over
-the repeats. (Before this pass it built the schema's Adam, unfused: 2x slower steps, so its
-share came out a few points low.)
+the repeats. (Before the fourth pass it built the schema's Adam, unfused: 2x slower steps, so
+its share came out a few points low; before the sixth, a full collection of torch's objects could
+land in a measured loop, which `python run.py` freezes away.)
 
     python benchmarks/bench_loop_share.py [--histogram-every 1 5] [--eval-every 1] [--repeats 3]
 """
@@ -14,6 +15,7 @@ share came out a few points low.)
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import os
 import statistics
@@ -91,6 +93,9 @@ def main() -> None:
     variants = list(itertools.product(args.histogram_every, args.eval_every))
     results: dict[tuple[int, int], list[dict[str, float]]] = {v: [] for v in variants}
     loop_seconds(1, 1)  # warm-up: first-use imports and allocations
+    # As `python run.py` (ffn.collector): what the imports made is never scanned again, so a
+    # full collection over torch's objects (70-240 ms) lands in no phase of a measured loop
+    gc.freeze()
     for _ in range(args.repeats):
         for variant in variants:
             results[variant].append(loop_seconds(*variant))

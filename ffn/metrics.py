@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def accuracy(logits: Tensor, target: Tensor) -> Tensor:
     """Fraction of argmax predictions equal to the class.  logits: (n, M), target: (n,) -> ()."""
-    return (logits.argmax(1) == target).to(logits.dtype).mean()
+    return (logits.argmax(1) == target).mean(dtype=logits.dtype)  # the cast inside the mean
 
 
 def r2_score(pred: Tensor, target: Tensor) -> Tensor:
