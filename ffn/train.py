@@ -34,7 +34,7 @@ from ffn.metrics import epoch_scalars, evaluate, metric_name, weight_sparsity
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
 from ffn.progress import EpochBar, PhaseClock, SessionClock, run_timing, startup_seconds
-from ffn.run_logger import RunLogger, layer_diagnostics
+from ffn.run_logger import RunLogger, host_values, layer_diagnostics
 from ffn.sizes import check_model_size
 from ffn.step import (
     autograd_gradients,
@@ -360,12 +360,8 @@ class Run:
             val,
         )
         layers = layer_diagnostics(self.model, preactivations)
-        tensors = [*scalars.values(), *layers.values()]
-        if self.device.type == "cpu":  # nothing to transfer: each value read (3 us; a stack 22)
-            values = [t.item() for t in tensors]
-        else:  # one host transfer an epoch, for the scalars and the layers' diagnostics alike
-            # (stack promotes the float32 values to the float64 of the fractions: exact)
-            values = torch.stack(tensors).cpu().tolist()
+        # one host transfer an epoch (none on the CPU), for the scalars and the layers alike
+        values = host_values([*scalars.values(), *layers.values()])
         host = dict(zip(scalars, values[: len(scalars)], strict=True))
         return host, dict(zip(layers, values[len(scalars) :], strict=True)), preactivations
 
