@@ -121,12 +121,14 @@ class FlatLBFGS(eager_class(torch.optim.LBFGS)):
 
     def _numpy_flat_grad(self) -> np.ndarray:
         """`_gather_flat_grad` as a new array (zeros where a parameter has no gradient)."""
-        views = [
-            np.zeros(p.numel(), p.detach().numpy().dtype)
-            if p.grad is None
-            else p.grad.detach().numpy().reshape(-1)
-            for p in self._params
-        ]
+        views = []
+        for p in self._params:
+            grad = p.grad
+            if grad is None:
+                views.append(np.zeros(p.numel(), p.detach().numpy().dtype))
+            else:
+                grad = grad.to_dense() if grad.is_sparse else grad
+                views.append(grad.detach().numpy().reshape(-1))
         return np.concatenate(views)
 
     def _add_grad(self, step_size, update) -> None:
