@@ -22,10 +22,11 @@ A third arm in every round, its line giving sklearn's time / its time the same w
 `--torch-products`, ffn with torch's products (`ffn.functions.numpy_products` off: MKL, narrow
 ones transposed), as before the estimators used numpy's; `--plain-products`, ffn with every
 product torch's A @ B (numpy's off and `ffn.functions._NARROW_COLUMNS` emptied), as before
-`ffn.functions.matmul` computed narrow ones transposed.
+`ffn.functions.matmul` computed narrow ones transposed; `--torch-lbfgs`, ffn with torch's own
+LBFGS step (`ffn.lbfgs.FlatLBFGS`'s numpy step off), as before the step ran in numpy.
 
     python benchmarks/bench_estimators.py [--pairs 5] [--epochs 100] [--dtype float32,float32]
-                                          [--torch-products | --plain-products]
+                                          [--torch-products | --plain-products | --torch-lbfgs]
 """
 
 from __future__ import annotations
@@ -184,7 +185,25 @@ def plain_products():
         functions._NARROW_COLUMNS = narrow
 
 
-THIRD_ARMS = {"torch": torch_products, "plain": plain_products}
+@contextlib.contextmanager
+def torch_lbfgs():
+    """Inside, FlatLBFGS takes torch's own step (its numpy step needs a dtype it lists)."""
+    import ffn.lbfgs
+
+    dtypes = ffn.lbfgs._NUMPY_DTYPES
+    ffn.lbfgs._NUMPY_DTYPES = ()
+    try:
+        yield
+    finally:
+        ffn.lbfgs._NUMPY_DTYPES = dtypes
+
+
+THIRD_ARMS = {"torch": torch_products, "plain": plain_products, "torch-lbfgs": torch_lbfgs}
+THIRD_LABELS = {
+    "torch": "torch products",
+    "plain": "plain products",
+    "torch-lbfgs": "torch's LBFGS step",
+}
 
 
 def timed_fit(estimator, x, y, arm: str = "") -> tuple[float, float]:
@@ -268,6 +287,13 @@ def main() -> None:
         dest="third",
         help="a third arm each round: ffn with every product torch's A @ B, none transposed",
     )
+    third.add_argument(
+        "--torch-lbfgs",
+        action="store_const",
+        const="torch-lbfgs",
+        dest="third",
+        help="a third arm each round: ffn with torch's own LBFGS step, not the numpy one",
+    )
     args = parser.parse_args()
     ours_dtype, theirs_dtype = args.dtype.split(",")
     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -320,7 +346,7 @@ def main() -> None:
             )
             if args.third:
                 print(
-                    f"{'  ffn, ' + args.third + ' products':<28} {med['wall'][args.third]:7.3f} "
+                    f"{'  ffn, ' + THIRD_LABELS[args.third]:<28} {med['wall'][args.third]:7.3f} "
                     f"{'':>7} {statistics.median(plain_ratios['wall']):5.2f}x "
                     f"{med['cpu'][args.third]:8.3f} {'':>7} "
                     f"{statistics.median(plain_ratios['cpu']):5.2f}x"

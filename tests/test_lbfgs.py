@@ -14,6 +14,7 @@ Conventions (ffn minimises l_n(w) + lam ||W||^2, mean loss, biases unpenalised):
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -167,26 +168,127 @@ def test_flatten_parameters_keeps_values_and_views_one_buffer() -> None:
         torch.testing.assert_close(p.detach(), q + 1.0)
 
 
-def test_flat_lbfgs_takes_torchs_steps() -> None:
-    """FlatLBFGS moves the buffer in one op where torch moves each tensor: the same iterates
-    (to rounding), the same evaluations, on a problem with line searches of several points."""
+def digits_like_problem(n: int = 150) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three overlapping classes in 6 features: softmax cross-entropy, no exact fit."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(n, 6, generator=generator, dtype=F64)
+    logits = x[:, :3] * 2.0 + 0.5 * torch.randn(n, 3, generator=generator, dtype=F64)
+    return x, logits.argmax(1)
+
+
+# (model sizes, penalty, problem, task, steps, settings beyond conf/optimizer/lbfgs.yaml's); the
+# first tries lr (torch's first step length) large enough that searches zoom in over several
+# points. Rounding apart (BLAS's dot and axpy against torch's), the two follow the same branches,
+# and their differences grow with the iterations (1.6e-14 after 20, 1.2e-10 after 60 here).
+FLAT_PROBLEMS = {
+    "mlp-regression-l2": ((5, [8], 1), Penalty("l2", 1e-3), friedman_problem, "regression", 15, {}),
+    "mlp-classification": ((6, [7], 3), None, digits_like_problem, "classification", 12, {}),
+    "logistic": ((6, [], 3), Penalty("l2", 1e-2), digits_like_problem, "classification", 15, {}),
+    # torch's defaults: 20 iterations a step, history 100, with and without the line search
+    "several-iterations": (
+        (5, [6], 1),
+        None,
+        friedman_problem,
+        "regression",
+        2,
+        dict(max_iter=20, max_eval=None, history_size=100),
+    ),
+    "no-line-search": (
+        (5, [6], 1),
+        None,
+        friedman_problem,
+        "regression",
+        4,
+        dict(max_iter=20, max_eval=None, history_size=100, lr=0.05, line_search_fn=None),
+    ),
+}
+FIRST_STEP = {"mlp-regression-l2": 4.0, "mlp-classification": 4.0, "logistic": 20.0}
+
+
+def flat_and_torch(sizes, settings, seed: int = 5):
+    """The same network twice: one in a flat buffer under FlatLBFGS, one under torch's LBFGS."""
     from ffn.lbfgs import FlatLBFGS, flatten_parameters_
 
-    x, y = friedman_problem()
-    settings = OPTIMIZERS["lbfgs"].settings() | dict(tolerance_grad=1e-12, tolerance_change=0.0)
-    plain, flat_model = (FeedForward(5, [8], 1, dtype=F64, seed=5) for _ in range(2))
+    plain, flat_model = (FeedForward(*sizes, dtype=F64, seed=seed) for _ in range(2))
     flat = flatten_parameters_(flat_model)
     ours = FlatLBFGS(flat_model.parameters(), **settings)
     ours.flat = flat
     assert ours.flat_buffer() is flat
-    torchs = torch.optim.LBFGS(plain.parameters(), **settings)
-    for _ in range(15):
-        lbfgs_step(plain, torchs, Penalty("l2", 1e-3), x, y, "regression")
-        lbfgs_step(flat_model, ours, Penalty("l2", 1e-3), x, y, "regression")
-    for p, q in zip(flat_model.parameters(), plain.parameters(), strict=True):
+    return flat_model, ours, plain, torch.optim.LBFGS(plain.parameters(), **settings)
+
+
+def assert_same_iterate(model, reference, loss, reference_loss) -> None:
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
-    state = ours.state[flat_model.layers[0].weight]
-    assert state["func_evals"] == torchs.state[plain.layers[0].weight]["func_evals"] > 15
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", FLAT_PROBLEMS)
+def test_flat_lbfgs_takes_torchs_steps(name: str) -> None:
+    """FlatLBFGS (its step in numpy on the flat buffer) against torch.optim.LBFGS, step by step:
+    the same iterates and losses to 1e-12 in float64, the same evaluations, on problems whose
+    strong Wolfe searches try several points."""
+    sizes, penalty, problem, task, steps, options = FLAT_PROBLEMS[name]
+    x, y = problem()
+    settings = OPTIMIZERS["lbfgs"].settings() | dict(tolerance_grad=1e-12, tolerance_change=0.0)
+    settings["lr"] = FIRST_STEP.get(name, 4.0)
+    flat_model, ours, plain, torchs = flat_and_torch(sizes, settings | options)
+    for _ in range(steps):
+        reference_loss = lbfgs_step(plain, torchs, penalty, x, y, task)
+        loss = lbfgs_step(flat_model, ours, penalty, x, y, task)
+        assert_same_iterate(flat_model, plain, loss, reference_loss)
+    state, reference = ours.state[flat_model.layers[0].weight], torchs.state[plain.layers[0].weight]
+    assert (state["func_evals"], state["n_iter"]) == (reference["func_evals"], reference["n_iter"])
+    if options.get("line_search_fn", "strong_wolfe"):
+        # more evaluations than each step's opening one and one a search: some tried several
+        assert reference["func_evals"] > steps + reference["n_iter"]
+
+
+def test_flat_lbfgs_state_carries_on_in_torchs_step() -> None:
+    """After numpy steps, torch.optim.LBFGS loaded with FlatLBFGS's state_dict (vectors as
+    tensors) takes the same next steps as FlatLBFGS, and so does FlatLBFGS falling back to
+    torch's step once its parameters leave the buffer."""
+    x, y = friedman_problem()
+    settings = OPTIMIZERS["lbfgs"].settings() | dict(tolerance_grad=1e-12, tolerance_change=0.0)
+    flat_model, ours, plain, torchs = flat_and_torch((5, [8], 1), settings)
+    for _ in range(6):
+        lbfgs_step(plain, torchs, None, x, y, "regression")
+        lbfgs_step(flat_model, ours, None, x, y, "regression")
+    saved = copy.deepcopy(ours.state_dict())  # torch's state_dict holds references, not copies
+    assert all(isinstance(v, torch.Tensor) for v in saved["state"][0]["old_dirs"])
+    resumed_model = FeedForward(5, [8], 1, dtype=F64)
+    resumed_model.load_state_dict(flat_model.state_dict())
+    resumed = torch.optim.LBFGS(resumed_model.parameters(), **settings)
+    resumed.load_state_dict(saved)
+    for p in flat_model.parameters():  # out of the buffer: FlatLBFGS takes torch's step
+        p.data = p.data.clone()
+    assert ours.flat_buffer() is None
+    for _ in range(6):
+        reference_loss = lbfgs_step(plain, torchs, None, x, y, "regression")
+        loss = lbfgs_step(flat_model, ours, None, x, y, "regression")
+        resumed_loss = lbfgs_step(resumed_model, resumed, None, x, y, "regression")
+        assert_same_iterate(flat_model, plain, loss, reference_loss)
+        assert_same_iterate(resumed_model, plain, resumed_loss, reference_loss)
+
+
+def test_flat_lbfgs_in_float32_follows_torchs_to_its_rounding() -> None:
+    """float32: the numpy step's scalars keep the dtype (NumPy 2's promotion, torch's 0-dim
+    tensors'), so the iterates stay within float32 rounding of torch's."""
+    from ffn.lbfgs import FlatLBFGS, flatten_parameters_
+
+    x, y = (t.float() for t in friedman_problem())
+    settings = OPTIMIZERS["lbfgs"].settings()
+    plain, flat_model = (FeedForward(5, [8], 1, seed=5) for _ in range(2))
+    flat = flatten_parameters_(flat_model)
+    ours = FlatLBFGS(flat_model.parameters(), **settings)
+    ours.flat = flat
+    torchs = torch.optim.LBFGS(plain.parameters(), **settings)
+    for _ in range(5):
+        lbfgs_step(plain, torchs, None, x, y, "regression")
+        lbfgs_step(flat_model, ours, None, x, y, "regression")
+    assert isinstance(ours.state[flat_model.layers[0].weight]["ro"][0], np.float32)
+    for p, q in zip(flat_model.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
 def test_flat_lbfgs_moves_each_tensor_once_they_leave_the_buffer() -> None:

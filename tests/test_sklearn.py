@@ -226,7 +226,7 @@ def test_estimator_optimizers(iris, optimizer: str, cls: str, settings: dict) ->
     x_train, _, y_train, _ = iris
     clf = FFNClassifier((4,), optimizer=optimizer, max_epochs=1, random_state=0)
     built = clf.fit(x_train, y_train)._optimizer
-    name = "FlatLBFGS" if optimizer == "lbfgs" else cls  # ffn.lbfgs: torch's step, flat moves
+    name = "FlatLBFGS" if optimizer == "lbfgs" else cls  # ffn.lbfgs: torch's step, in numpy
     assert isinstance(built, getattr(torch.optim, cls)) and type(built).__name__ == name
     group = built.param_groups[0]
     assert {k: group[k] for k in settings} == settings
