@@ -170,6 +170,21 @@ OPTIMIZERS = [
         torch.optim.AdamW,
         [{"lr": 1e-2}, {"lr": 3e-2, "weight_decay": 0.5}, {"lr": 1e-3, "betas": (0.5, 0.9)}],
     ),
+    # fused (optimizer=adam's default): torch's kernel on runs of members that agree (0-1, 2)
+    (
+        torch.optim.Adam,
+        [{"lr": 1e-2, "fused": True}] * 2
+        + [{"lr": 3e-3, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1, "fused": True}],
+    ),
+    (
+        torch.optim.AdamW,
+        [
+            {"lr": 1e-2, "fused": True},
+            {"lr": 3e-2, "weight_decay": 0.5, "fused": True},
+            {"lr": 3e-2, "weight_decay": 0.5, "fused": True},
+        ],
+    ),
+    (torch.optim.Adam, [{"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True}] * 3),
 ]
 PENALTY_CASES = [
     ("none", "proximal", [0.0] * E),
@@ -396,3 +411,4 @@ def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch) 
         figure_worker.stop()
     for c, (matrix, _) in zip(counts, results, strict=True):
         assert matrix == figures.render("confusion_matrix", {"counts": c})
+

@@ -81,9 +81,21 @@ class StackedOptimizer:
             self.hyper["beta1"], self.hyper["beta2"] = betas.to(like.device).unbind(1)
         self.weight_decay = bool(self.hyper["weight_decay"].any())
         self.some_without_momentum = "momentum" in self.hyper and not self.hyper["momentum"].all()
+        self.decoupled = self.kind == "torch.optim.AdamW" or bool(
+            groups[0].get("decoupled_weight_decay", False)
+        )
+        # Adam whose members all step with torch's fused kernel (optimizer=adam's fused: true):
+        # the same kernel on runs of members' slices (`_fused_adam`), each member's own step
+        self.fused = self.kind != "torch.optim.SGD" and all(g.get("fused") for g in groups)
+        self._groups = groups
+        self._steps_at_start: list[float] | None = None  # each member's, when fused
         self.lr = self.read_lr(optimizers)
         self.state = self._gather_state(optimizers, members_params)
         self.all_started = bool(self.started.all())
+        if self.fused:  # one step count a member, its parameters' entries all that one tensor
+            self.state["step"] = [self.state["step"][0]] * len(self.params)
+            self._steps_at_start = self.state["step"][0].tolist()
+            self._runs = self._fused_runs()
 
     def read_lr(self, optimizers: Sequence[torch.optim.Optimizer]) -> Tensor:
         """Each member's current lr (its schedule sets it), (E,) float64."""
@@ -93,7 +105,33 @@ class StackedOptimizer:
             device=self.params[0].device,
         )
         self._columns = {}  # cast once per lr, not once per step
+        if self._steps_at_start is not None:
+            self._runs = self._fused_runs()
         return self.lr
+
+    def _fused_runs(self) -> list[tuple[slice, dict[str, float]]]:
+        """The members as runs of neighbours that agree on lr, betas, eps, weight decay and
+        their step count: (their slice of the stack, those numbers) each. All members step
+        together, so members that agree on their step count at the start always do."""
+        lr = self.lr.tolist()
+        runs: list[tuple[slice, dict[str, float]]] = []
+        key = None
+        for e, group in enumerate(self._groups):
+            beta1, beta2 = group["betas"]
+            numbers = {
+                "lr": lr[e],
+                "beta1": float(beta1),
+                "beta2": float(beta2),
+                "weight_decay": float(group["weight_decay"]),
+                "eps": float(group["eps"]),
+            }
+            mine = (tuple(numbers.values()), self._steps_at_start[e])
+            if mine == key:
+                runs[-1] = (slice(runs[-1][0].start, e + 1), numbers)
+            else:
+                runs.append((slice(e, e + 1), numbers))
+                key = mine
+        return runs
 
     def _column(self, values: Tensor, like: Tensor) -> Tensor:
         """(E,) float64 -> (E, 1, ...) in `like`'s dtype (torch.optim casts its scalars so)."""
@@ -155,7 +193,8 @@ class StackedOptimizer:
                 entry = {}
                 for key, values in self.state.items():
                     if key == "step":
-                        entry[key] = torch.tensor(float(values[i][e]), dtype=_scalar_dtype())
+                        dtype = torch.float32 if self.fused else _scalar_dtype()
+                        entry[key] = torch.tensor(float(values[i][e]), dtype=dtype)
                     else:
                         entry[key] = values[i][e].clone()
                 o.state[p] = entry
@@ -167,8 +206,10 @@ class StackedOptimizer:
         """Every member's torch.optim step, at once; p.grad of each stacked p is read."""
         if self.kind == "torch.optim.SGD":
             self._sgd()
+        elif self.fused:
+            self._fused_adam()
         else:
-            self._adam(decoupled=self.kind == "torch.optim.AdamW")
+            self._adam(decoupled=self.decoupled)
         if not self.all_started:
             self.started.fill_(True)
             self.all_started = True
@@ -191,6 +232,29 @@ class StackedOptimizer:
                     step = torch.where(self._constant("uses momentum", p).bool(), step, grad)
                 grad = step
             p.sub_(self._constant("lr", p) * grad)
+
+    def _fused_adam(self) -> None:
+        """torch's fused Adam (AdamW) kernel, the one each member's own fused step calls
+        (ffn.step.fused_adam_update_), on each run of members' slices with their numbers."""
+        s = self.state
+        steps = s["step"][0]
+        steps.add_(1)  # counted first, then read by the kernel, as torch.optim's _fused_adam
+        kernel = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
+        for rows, numbers in self._runs:
+            kernel(
+                [p[rows] for p in self.params],
+                # the kernel reads its tensors as contiguous (a strided one silently wrong)
+                [p.grad[rows].contiguous() for p in self.params],
+                [a[rows] for a in s["exp_avg"]],
+                [q[rows] for q in s["exp_avg_sq"]],
+                [],
+                [steps[rows.start]] * len(self.params),
+                amsgrad=False,
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+                **numbers,
+            )
 
     def _adam(self, decoupled: bool) -> None:
         h, s = self.hyper, self.state
