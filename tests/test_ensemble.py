@@ -412,3 +412,39 @@ def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch) 
     for c, (matrix, _) in zip(counts, results, strict=True):
         assert matrix == figures.render("confusion_matrix", {"counts": c})
 
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-seed", "each-seed"])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_stacks_minibatch_is_each_members_own_rows(shared: bool, task: str) -> None:
+    """Stack.minibatch (one index_select into the members' rows, flattened): member e's rows
+    order_e[start : start + size] of its own data, as Run.minibatches takes them."""
+    from types import SimpleNamespace
+
+    from ffn.ensemble.group import Stack
+
+    models = members("relu")
+    x, y = member_data(task)
+    data = [
+        SimpleNamespace(x_train=x[0 if shared else e], y_train=y[0 if shared else e])
+        for e in range(E)
+    ]
+    if shared:
+        data = [data[0]] * E
+    runs = [
+        SimpleNamespace(
+            model=m,
+            optimizer=torch.optim.SGD(m.parameters(), lr=0.1),
+            penalty=Penalty(),
+            task=task,
+            data=d,
+        )
+        for m, d in zip(models, data, strict=True)
+    ]
+    stack = Stack(runs)
+    g = torch.Generator().manual_seed(2)
+    orders = [torch.randperm(N, generator=g) for _ in range(E)]
+    for start, size in ((0, 3), (3, 3), (6, 1)):
+        xb, yb = stack.minibatch(orders, start, size)
+        for e, (d, order) in enumerate(zip(data, orders, strict=True)):
+            rows = order[start : start + size]
+            assert torch.equal(xb[e], d.x_train[rows]) and torch.equal(yb[e], d.y_train[rows])
