@@ -181,20 +181,18 @@ class StackedOptimizer:
     @torch.no_grad()
     def write_to(self, optimizers, members_params) -> None:
         """Each member's torch.optim state := its slice, in torch.optim's own format."""
+        started = self.started.tolist()  # read on the host once, not once a member
+        steps = [values.tolist() for values in self.state.get("step", [])]
+        step_dtype = torch.float32 if self.fused else _scalar_dtype()
         for e, (o, ps) in enumerate(zip(optimizers, members_params, strict=True)):
             o._opt_called = True  # what its first step() tells an LR schedule (it has stepped)
-            if (
-                not self.state
-                or not bool(self.started[e])
-                or o.param_groups[0].get("momentum") == 0
-            ):
+            if not self.state or not started[e] or o.param_groups[0].get("momentum") == 0:
                 continue  # torch.optim keeps no state yet, or none for SGD without momentum
             for i, p in enumerate(ps):
                 entry = {}
                 for key, values in self.state.items():
                     if key == "step":
-                        dtype = torch.float32 if self.fused else _scalar_dtype()
-                        entry[key] = torch.tensor(float(values[i][e]), dtype=dtype)
+                        entry[key] = torch.tensor(steps[i][e], dtype=step_dtype)
                     else:
                         entry[key] = values[i][e].clone()
                 o.state[p] = entry
