@@ -174,7 +174,7 @@ OPTIMIZERS = [
         torch.optim.AdamW,
         [{"lr": 1e-2}, {"lr": 3e-2, "weight_decay": 0.5}, {"lr": 1e-3, "betas": (0.5, 0.9)}],
     ),
-    # fused (optimizer=adam's default): torch's kernel on runs of members that agree (0-1, 2)
+    # fused (optimizer=adam's default): torch's kernel, a call for the members that agree
     (
         torch.optim.Adam,
         [{"lr": 1e-2, "fused": True}] * 2
@@ -189,6 +189,7 @@ OPTIMIZERS = [
         ],
     ),
     (torch.optim.Adam, [{"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True}] * 3),
+    (torch.optim.Adam, [{"lr": lr, "fused": True} for lr in (1e-2, 3e-3, 1e-3)]),
 ]
 PENALTY_CASES = [
     ("none", "proximal", [0.0] * E),
@@ -483,3 +484,38 @@ def test_the_ensembles_process_keeps_freed_memory_for_the_next_epoch(monkeypatch
     assert kept == "True" and before > 5000 and after < 100, out
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
     assert not memory.keep_freed_memory()
+
+
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
+def test_fused_members_step_bitwise_as_their_own_fused_step(cls, one_thread) -> None:
+    """Members whose Adam is fused (optimizer=adam's default) step with torch's fused kernel, a
+    call for the members that agree on its numbers (here 0 and 2, then 1): given the same
+    gradients, each member's parameters and state are bitwise its own fused step's, twice."""
+    models, twins = members("relu"), members("relu")
+    kwargs = [{"lr": 1e-2}, {"lr": 3e-3, "weight_decay": 0.1}, {"lr": 1e-2}]
+    optimizers = [
+        cls(m.parameters(), fused=True, **kw) for m, kw in zip(models, kwargs, strict=True)
+    ]
+    reference = [cls(m.parameters(), fused=True, **kw) for m, kw in zip(twins, kwargs, strict=True)]
+    params = [list(m.parameters()) for m in models]
+    net = StackedNet(models)
+    stacked = StackedOptimizer(optimizers, params, net.parameters())
+    assert [members for members, _, _ in stacked._runs] == [[0, 2], [1]]
+    g = torch.Generator().manual_seed(4)
+    for _ in range(2):
+        for p in net.parameters():
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        stacked.step()
+        for e, (twin, opt) in enumerate(zip(twins, reference, strict=True)):
+            for q, p in zip(twin.parameters(), net.parameters(), strict=True):
+                q.grad = p.grad[e].clone()
+            opt.step()
+    net.write_to(models)
+    stacked.write_to(optimizers, params)
+    for model, twin, opt, ref in zip(models, twins, optimizers, reference, strict=True):
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            assert torch.equal(p, q)
+        mine, theirs = opt.state_dict()["state"], ref.state_dict()["state"]
+        for key, state in theirs.items():
+            for k, v in state.items():
+                assert mine[key][k].dtype == v.dtype and torch.equal(mine[key][k], v), k
