@@ -9,6 +9,10 @@ layer_diagnostics.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -170,6 +174,22 @@ OPTIMIZERS = [
         torch.optim.AdamW,
         [{"lr": 1e-2}, {"lr": 3e-2, "weight_decay": 0.5}, {"lr": 1e-3, "betas": (0.5, 0.9)}],
     ),
+    # fused (optimizer=adam's default): torch's kernel, a call for the members that agree
+    (
+        torch.optim.Adam,
+        [{"lr": 1e-2, "fused": True}] * 2
+        + [{"lr": 3e-3, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1, "fused": True}],
+    ),
+    (
+        torch.optim.AdamW,
+        [
+            {"lr": 1e-2, "fused": True},
+            {"lr": 3e-2, "weight_decay": 0.5, "fused": True},
+            {"lr": 3e-2, "weight_decay": 0.5, "fused": True},
+        ],
+    ),
+    (torch.optim.Adam, [{"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True}] * 3),
+    (torch.optim.Adam, [{"lr": lr, "fused": True} for lr in (1e-2, 3e-3, 1e-3)]),
 ]
 PENALTY_CASES = [
     ("none", "proximal", [0.0] * E),
@@ -396,3 +416,106 @@ def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch) 
         figure_worker.stop()
     for c, (matrix, _) in zip(counts, results, strict=True):
         assert matrix == figures.render("confusion_matrix", {"counts": c})
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-seed", "each-seed"])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_stacks_minibatch_is_each_members_own_rows(shared: bool, task: str) -> None:
+    """Stack.minibatch (one index_select into the members' rows, flattened): member e's rows
+    order_e[start : start + size] of its own data, as Run.minibatches takes them."""
+    from types import SimpleNamespace
+
+    from ffn.ensemble.group import Stack
+
+    models = members("relu")
+    x, y = member_data(task)
+    data = [
+        SimpleNamespace(x_train=x[0 if shared else e], y_train=y[0 if shared else e])
+        for e in range(E)
+    ]
+    if shared:
+        data = [data[0]] * E
+    runs = [
+        SimpleNamespace(
+            model=m,
+            optimizer=torch.optim.SGD(m.parameters(), lr=0.1),
+            penalty=Penalty(),
+            task=task,
+            data=d,
+        )
+        for m, d in zip(models, data, strict=True)
+    ]
+    stack = Stack(runs)
+    g = torch.Generator().manual_seed(2)
+    orders = [torch.randperm(N, generator=g) for _ in range(E)]
+    for start, size in ((0, 3), (3, 3), (6, 1)):
+        xb, yb = stack.minibatch(orders, start, size)
+        for e, (d, order) in enumerate(zip(data, orders, strict=True)):
+            rows = order[start : start + size]
+            assert torch.equal(xb[e], d.x_train[rows]) and torch.equal(yb[e], d.y_train[rows])
+
+
+FAULTS_SCRIPT = """
+import resource
+from ffn.ensemble.memory import keep_freed_memory
+
+def faults():  # three 20 MB blocks, as a stack's evaluation allocates and frees each epoch
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [bytearray(20 * 2**20) for _ in range(3)]
+    del blocks
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults(), faults()
+print(faults(), keep_freed_memory(), faults(), faults())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
+def test_the_ensembles_process_keeps_freed_memory_for_the_next_epoch(monkeypatch) -> None:
+    """ffn.ensemble.memory: blocks freed and allocated again are not faulted in again; a user's
+    own MALLOC_* setting is left alone."""
+    from ffn.ensemble import memory
+
+    env = {k: v for k, v in os.environ.items() if k not in memory._TUNED_BY_USER}
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS_SCRIPT], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    before, kept, after = int(out[0]), out[1], int(out[3])
+    assert kept == "True" and before > 5000 and after < 100, out
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    assert not memory.keep_freed_memory()
+
+
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
+def test_fused_members_step_bitwise_as_their_own_fused_step(cls, one_thread) -> None:
+    """Members whose Adam is fused (optimizer=adam's default) step with torch's fused kernel, a
+    call for the members that agree on its numbers (here 0 and 2, then 1): given the same
+    gradients, each member's parameters and state are bitwise its own fused step's, twice."""
+    models, twins = members("relu"), members("relu")
+    kwargs = [{"lr": 1e-2}, {"lr": 3e-3, "weight_decay": 0.1}, {"lr": 1e-2}]
+    optimizers = [
+        cls(m.parameters(), fused=True, **kw) for m, kw in zip(models, kwargs, strict=True)
+    ]
+    reference = [cls(m.parameters(), fused=True, **kw) for m, kw in zip(twins, kwargs, strict=True)]
+    params = [list(m.parameters()) for m in models]
+    net = StackedNet(models)
+    stacked = StackedOptimizer(optimizers, params, net.parameters())
+    assert [members for members, _, _ in stacked._runs] == [[0, 2], [1]]
+    g = torch.Generator().manual_seed(4)
+    for _ in range(2):
+        for p in net.parameters():
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        stacked.step()
+        for e, (twin, opt) in enumerate(zip(twins, reference, strict=True)):
+            for q, p in zip(twin.parameters(), net.parameters(), strict=True):
+                q.grad = p.grad[e].clone()
+            opt.step()
+    net.write_to(models)
+    stacked.write_to(optimizers, params)
+    for model, twin, opt, ref in zip(models, twins, optimizers, reference, strict=True):
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            assert torch.equal(p, q)
+        mine, theirs = opt.state_dict()["state"], ref.state_dict()["state"]
+        for key, state in theirs.items():
+            for k, v in state.items():
+                assert mine[key][k].dtype == v.dtype and torch.equal(mine[key][k], v), k

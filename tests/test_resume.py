@@ -462,3 +462,31 @@ def test_resume_from_garbage_bytes_is_refused(base: Path, background) -> None:
 def test_resume_from_a_checkpoint_missing_its_keys_is_refused(base: Path, background) -> None:
     proc = background["hollow"].result()
     assert_refused_in_one_line(proc, "trainer.resume", str(base / "hollow" / CHECKPOINT))
+
+
+def test_rng_states_round_trip_exactly_in_the_compact_and_the_old_form(tmp_path: Path) -> None:
+    """checkpoint.rng_states through a file (weights_only) and back: the next draws of Python's,
+    numpy's and torch's generators are the same; Python's state as the list older checkpoints
+    hold is still set exactly."""
+    import random
+
+    import numpy as np
+
+    from ffn import checkpoint
+
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    states = checkpoint.rng_states()
+    assert isinstance(states["python"][1], torch.Tensor)  # one tensor, not 625 pickled ints
+
+    def draws() -> tuple[float, float, float]:
+        return random.random(), float(np.random.rand()), torch.rand(()).item()
+
+    expected = draws()
+    torch.save(states, tmp_path / "rng.pt")
+    checkpoint.set_rng_states(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert draws() == expected
+    version, internal, gauss_next = states["python"]
+    checkpoint.set_rng_states({**states, "python": [version, internal.tolist(), gauss_next]})
+    assert draws() == expected

@@ -58,7 +58,16 @@ class Stack:
         else:  # each seed its own split (and, for generated sets, its own data): (E, n, ...)
             self.x = torch.stack([d.x_train for d in data])
             self.y = torch.stack([d.y_train for d in data])
-        self.rows = torch.arange(len(runs), device=self.x.device).unsqueeze(1)
+        # Every member's rows in one (E n, ...) table, and each member's offset into it: a
+        # minibatch is then one index_select (x[rows, idx]'s advanced indexing: 0.72 against 0.19 ms
+        # a step of 32 digits members)
+        self._table = self.x if self.shared else self.x.flatten(0, 1)
+        self._labels = self.y if self.shared else self.y.flatten(0, 1)
+        self._offsets = (  # (E, 1): member e's row i is row e n + i of the table
+            None
+            if self.shared
+            else torch.arange(len(runs), device=self.x.device).unsqueeze(1) * self.x.shape[1]
+        )
         self._val: tuple[Tensor, Tensor] | None = None  # stacked at the first evaluation
         self._orders: list[Tensor] = []  # the epoch's permutations, held: their stack is cached
         self._stacked_orders: Tensor | None = None
@@ -75,11 +84,15 @@ class Stack:
         if len(orders) != len(self._orders) or any(
             a is not b for a, b in zip(orders, self._orders, strict=True)
         ):
-            self._orders, self._stacked_orders = list(orders), torch.stack(list(orders))
+            stacked = torch.stack(list(orders))
+            if self._offsets is not None:
+                stacked = stacked + self._offsets
+            self._orders, self._stacked_orders = list(orders), stacked
         idx = self._stacked_orders[:, start : start + size]
-        if self.shared:
-            return self.x[idx], self.y[idx]
-        return self.x[self.rows, idx], self.y[self.rows, idx]
+        rows = idx.reshape(-1)
+        x = self._table.index_select(0, rows).view(*idx.shape, *self._table.shape[1:])
+        y = self._labels.index_select(0, rows).view(*idx.shape, *self._labels.shape[1:])
+        return x, y
 
     def step(self, orders: Sequence[Tensor | None], start: int, size: int) -> Tensor:
         """One train_step of every member: gradients, penalty, optimizer, prox. -> losses (E,)."""
