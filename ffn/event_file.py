@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,47 @@ def record(data: bytes) -> bytes:
     return b"".join((header, struct.pack("<I", header_crc), data, struct.pack("<I", data_crc)))
 
 
+# --------------------------------------------------------------------------- scalar events
+
+
+def _varint(n: int) -> bytes:
+    """Protobuf's base-128 varint; a negative int64 as its 64-bit two's complement."""
+    n &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _value_prefix(tag: str) -> bytes:
+    """A Summary's `value` entry up to its float: field 1 (a Summary.Value, its length), in it
+    field 1 (tag: length, UTF-8) and the key of field 2 (simple_value, a fixed32)."""
+    name = tag.encode("utf-8")
+    body = b"\x0a" + _varint(len(name)) + name + b"\x15"
+    return b"\x0a" + _varint(len(body) + 4) + body
+
+
+def scalar_event(values: Sequence[tuple[str, float]], step: int, wall_time: float) -> bytes:
+    """Event(wall_time=..., step=..., summary=Summary(value=[Summary.Value(tag, simple_value)
+    ...])).SerializeToString(), byte for byte, written out directly: fields in number order,
+    Event's proto3 step and wall_time left out when zero, each float rounded to float32 as
+    protobuf rounds it (overflow to inf, NaN kept). tests/test_event_file.py compares it with
+    protobuf's serializer for every kind of tag, value and step."""
+    with np.errstate(over="ignore"):  # beyond float32: inf, as protobuf stores it
+        floats = np.array([v for _, v in values], np.float64).astype(np.float32).tobytes()
+    summary = b"".join(
+        _value_prefix(tag) + floats[4 * i : 4 * i + 4] for i, (tag, _) in enumerate(values)
+    )
+    time_bits = struct.pack("<d", wall_time)
+    head = b"\x09" + time_bits if time_bits != bytes(8) else b""  # field 1, double
+    if step:
+        head += b"\x10" + _varint(step)  # field 2, int64
+    return head + b"\x2a" + _varint(len(summary)) + summary  # field 5, the Summary
+
+
 # --------------------------------------------------------------------------- the file
 
 
@@ -166,8 +208,17 @@ class EventFile:
             event.step = int(step)
         self._write(event)
 
+    def add_scalars(self, values: Sequence[tuple[str, float]], step: int) -> None:
+        """An event holding one simple_value a tag, at `step`: `add_summary`'s record for
+        Summary(value=[Summary.Value(tag=..., simple_value=...), ...]), encoded by
+        `scalar_event` (the same bytes in a fifth of the time: an epoch's 20 scalars)."""
+        self._write_bytes(scalar_event(values, step, time.time()))
+
     def _write(self, event: Event) -> None:
-        data = memoryview(record(event.SerializeToString()))
+        self._write_bytes(event.SerializeToString())
+
+    def _write_bytes(self, event: bytes) -> None:
+        data = memoryview(record(event))
         while data:  # unbuffered: one write(2), unless the disk takes less (then ENOSPC next)
             data = data[self._file.write(data) :]
 

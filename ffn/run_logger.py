@@ -90,15 +90,15 @@ class RunLogger:
     @_timed("logging")
     def scalars(self, values: Mapping[str, float | Tensor], step: int) -> None:
         """One event a folder, holding its values (add_scalar writes one event per tag)."""
-        headline: list[Summary.Value] = []
-        others: list[Summary.Value] = []
+        headline: list[tuple[str, float]] = []
+        others: list[tuple[str, float]] = []
         for tag, value in values.items():
             into = headline if tag in HEADLINE_TAGS else others
-            into.append(Summary.Value(tag=tag, simple_value=float(value)))
+            into.append((tag, float(value)))
         if headline:
-            self.writer.add_summary(Summary(value=headline), step)
+            self.writer.add_scalars(headline, step)
         if others:
-            self.diagnostics.add_summary(Summary(value=others), step)
+            self.diagnostics.add_scalars(others, step)
 
     @_timed("logging")
     def histograms(self, model: FeedForward, preactivations: list[Tensor], step: int) -> None:

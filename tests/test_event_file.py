@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c as tensorboard_crc32c
 from tensorboard.plugins.hparams import metadata
@@ -25,6 +27,24 @@ def test_crc32c_is_tensorboards_for_every_length(checksum) -> None:
         data = bytes(rng.getrandbits(8) for _ in range(n))
         assert checksum(data) == tensorboard_crc32c(data), n
     assert checksum(b"123456789") == 0xE3069283  # the CRC-32C check value
+
+
+def test_scalar_events_are_protobufs_bytes() -> None:
+    rng = random.Random(0)
+    specials = [0.0, -0.0, 1.0, -2.5, 1e-46, 1e-40, 3.4028235e38, 3.5e38, -1e39, 1e300]
+    specials += [math.inf, -math.inf, math.nan, -math.nan, 0.1, 1 / 3, 12345678.9]
+    tags = ["train/loss", "val/accuracy", "dead/layer_0", "x" * 130, "ünïcode/ταγ", ""]
+    for case in range(300):
+        n = rng.choice([0, 1, 2, 7, 20, 40])
+        values = [
+            (rng.choice(tags) + str(i), rng.choice([*specials, rng.uniform(-1e6, 1e6)]))
+            for i in range(n)
+        ]
+        step = rng.choice([0, 1, 5, 127, 128, 100_000, 2**40, -1, -(2**40)])
+        wall_time = rng.choice([0.0, 1.7e9 + rng.random(), 12.5])
+        summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in values])
+        want = Event(wall_time=wall_time, step=step, summary=summary).SerializeToString()
+        assert event_file.scalar_event(values, step, wall_time) == want, case
 
 
 def _records(folder: Path) -> list:
