@@ -196,7 +196,8 @@ def layer_diagnostics(model: FeedForward, preactivations: list[Tensor]) -> dict[
     # every norm in one call (on the CPU each is the tensor's own vector_norm, bitwise): four
     # fewer Python-level kernel launches an epoch
     weight_norms = torch._foreach_norm(weights)
-    grad_norms = iter(torch._foreach_norm([w.grad for w in weights if w.grad is not None]))
+    grads = [w.grad for w in weights if w.grad is not None]
+    grad_norms = iter(torch._foreach_norm(grads) if grads else ())  # none before a first step
     for i, w in enumerate(weights):
         values[f"weight_norm/layer_{i}"] = weight_norms[i]
         if w.grad is not None:

@@ -243,6 +243,10 @@ def test_layer_diagnostics_are_bitwise_the_per_tensor_formulas(activation, dtype
     for tag, value in want.items():
         assert got[tag].dtype == value.dtype and torch.equal(got[tag], value), tag
     assert got["sparsity/layer_0"] > 0 and got[f"{model.activation.health}/layer_1"] > 0
+    model.zero_grad(set_to_none=True)  # before a first step: no gradient norms, the rest as ever
+    fresh = layer_diagnostics(model, preactivations)
+    assert not any(tag.startswith("grad_norm/") for tag in fresh)
+    assert all(torch.equal(fresh[tag], got[tag]) for tag in fresh)
 
 
 # ---------------------------------------------------------------- data without scikit-learn
