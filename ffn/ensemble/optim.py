@@ -93,7 +93,8 @@ class StackedOptimizer:
         self.state = self._gather_state(optimizers, members_params)
         self.all_started = bool(self.started.all())
         if self.fused:  # one step count a member, its parameters' entries all that one tensor
-            self.state["step"] = [self.state["step"][0]] * len(self.params)
+            # float32, as torch.optim keeps a fused step's count (the CUDA kernel reads it so)
+            self.state["step"] = [self.state["step"][0].float()] * len(self.params)
             self._steps_at_start = self.state["step"][0].tolist()
             self._runs = self._fused_runs()
 
