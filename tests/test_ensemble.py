@@ -486,13 +486,20 @@ def test_the_ensembles_process_keeps_freed_memory_for_the_next_epoch(monkeypatch
     assert not memory.keep_freed_memory()
 
 
+@pytest.mark.parametrize("order", ["neighbours", "alternating"])
 @pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
-def test_fused_members_step_bitwise_as_their_own_fused_step(cls, one_thread) -> None:
+def test_fused_members_step_bitwise_as_their_own_fused_step(cls, order, one_thread) -> None:
     """Members whose Adam is fused (optimizer=adam's default) step with torch's fused kernel, a
-    call for the members that agree on its numbers (here 0 and 2, then 1): given the same
-    gradients, each member's parameters and state are bitwise its own fused step's, twice."""
-    models, twins = members("relu"), members("relu")
-    kwargs = [{"lr": 1e-2}, {"lr": 3e-3, "weight_decay": 0.1}, {"lr": 1e-2}]
+    call for the members that agree on its numbers, on slices of neighbours for the parameters
+    of whole 64-byte blocks (8-[8]-3: all but the last bias) and on each member's own view
+    otherwise: given the same gradients, each member's parameters and state are bitwise its own
+    fused step's, three steps."""
+    e = 4
+    models, twins = (
+        [FeedForward(8, [8], 3, seed=s, dtype=torch.float64) for s in range(e)] for _ in range(2)
+    )
+    a, b = {"lr": 1e-2}, {"lr": 3e-3, "weight_decay": 0.1}
+    kwargs = [a, a, a, b] if order == "neighbours" else [a, b, a, a]
     optimizers = [
         cls(m.parameters(), fused=True, **kw) for m, kw in zip(models, kwargs, strict=True)
     ]
@@ -500,15 +507,24 @@ def test_fused_members_step_bitwise_as_their_own_fused_step(cls, one_thread) -> 
     params = [list(m.parameters()) for m in models]
     net = StackedNet(models)
     stacked = StackedOptimizer(optimizers, params, net.parameters())
-    assert [members for members, _, _ in stacked._runs] == [[0, 2], [1]]
+    pieces = [[(i, (r.start, r.stop)) for i, r in run[1]] for run in stacked._runs]
+    if order == "neighbours":  # 0-2 sliced together but for the last bias (3 float64s)
+        assert pieces[0] == [
+            (0, (0, 3)),
+            (1, (0, 3)),
+            (2, (0, 3)),
+            (3, (0, 1)),
+            (3, (1, 2)),
+            (3, (2, 3)),
+        ]
     g = torch.Generator().manual_seed(4)
-    for _ in range(2):
+    for _ in range(3):
         for p in net.parameters():
             p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
         stacked.step()
-        for e, (twin, opt) in enumerate(zip(twins, reference, strict=True)):
+        for m, (twin, opt) in enumerate(zip(twins, reference, strict=True)):
             for q, p in zip(twin.parameters(), net.parameters(), strict=True):
-                q.grad = p.grad[e].clone()
+                q.grad = p.grad[m].clone()
             opt.step()
     net.write_to(models)
     stacked.write_to(optimizers, params)

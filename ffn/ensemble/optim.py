@@ -93,7 +93,8 @@ class StackedOptimizer:
         self.state = self._gather_state(optimizers, members_params)
         self.all_started = bool(self.started.all())
         if self.fused:  # one step count a member, its parameters' entries all that one tensor
-            self.state["step"] = [self.state["step"][0]] * len(self.params)
+            # float32, as torch.optim keeps a fused step's count (the CUDA kernel reads it so)
+            self.state["step"] = [self.state["step"][0].float()] * len(self.params)
             self._steps_at_start = self.state["step"][0].tolist()
             self._runs = self._fused_runs()
 
@@ -109,14 +110,15 @@ class StackedOptimizer:
             self._runs = self._fused_runs()
         return self.lr
 
-    def _fused_runs(self) -> list[tuple[list[int], dict[str, float], list[list[Tensor]]]]:
+    def _fused_runs(self) -> list[tuple[dict[str, float], list[tuple[int, slice]], list]]:
         """The members by the numbers their fused step takes (lr, betas, eps, weight decay) and
-        their step count, one kernel call each: (members, numbers, [their parameters, averages,
-        squares, step counts]) each, each member's tensors its own views. All members step
-        together, so members that agree on their step count at the start always do."""
+        their step count, one kernel call each: (numbers, its pieces (parameter, members), [the
+        pieces' parameters, averages, squares, step counts]) each. A piece is one member's view,
+        or, for a parameter whose kernel loop a member's size does not change (a whole number of
+        the kernel's 64-byte blocks, one thread), neighbours' slice. All members step together,
+        so members that agree on their step count at the start always do."""
         lr = self.lr.tolist()
-        s = self.state
-        runs: dict[tuple, tuple[list[int], dict[str, float], list[list[Tensor]]]] = {}
+        by_numbers: dict[tuple, tuple[dict[str, float], list[int]]] = {}
         for e, group in enumerate(self._groups):
             beta1, beta2 = group["betas"]
             numbers = {
@@ -127,13 +129,25 @@ class StackedOptimizer:
                 "eps": float(group["eps"]),
             }
             key = (tuple(numbers.values()), self._steps_at_start[e])
-            members, _, tensors = runs.setdefault(key, ([], numbers, [[], [], [], []]))
-            members.append(e)
-            for into, stacked in zip(
-                tensors, (self.params, s["exp_avg"], s["exp_avg_sq"], s["step"]), strict=True
-            ):
-                into.extend(t[e] for t in stacked)
-        return list(runs.values())
+            by_numbers.setdefault(key, (numbers, []))[1].append(e)
+        s, one_thread = self.state, torch.get_num_threads() == 1
+        runs = []
+        for numbers, members in by_numbers.values():
+            neighbours = _ranges(members)
+            pieces = []
+            for i, p in enumerate(self.params):
+                whole_blocks = p[0].numel() % (64 // p.element_size()) == 0
+                if one_thread and whole_blocks:
+                    pieces += [(i, rows) for rows in neighbours]
+                else:
+                    pieces += [(i, slice(e, e + 1)) for e in members]
+            tensors = [
+                [t[i][rows] for i, rows in pieces]
+                for t in (self.params, s["exp_avg"], s["exp_avg_sq"])
+            ]
+            tensors.append([s["step"][0][rows.start] for _, rows in pieces])
+            runs.append((numbers, pieces, tensors))
+        return runs
 
     def _column(self, values: Tensor, like: Tensor) -> Tensor:
         """(E,) float64 -> (E, 1, ...) in `like`'s dtype (torch.optim casts its scalars so)."""
@@ -235,20 +249,21 @@ class StackedOptimizer:
 
     def _fused_adam(self) -> None:
         """torch's fused Adam (AdamW) kernel, the one each member's own fused step calls
-        (ffn.step.fused_adam_update_), on each member's own views of the stack, a call for the
-        members that share its numbers: each member's update is bitwise its own step's (a
-        call on a run of members' slices is not: the kernel's vector blocks then straddle
-        members). 32 digits members, ms a step: 0.28-0.42 with 1 to 16 distinct learning
-        rates, 0.44-0.56 with 32; the stacked arithmetic of `_adam` 0.64-1.04 (one thread)."""
+        (ffn.step.fused_adam_update_), a call for the members that share its numbers, on
+        pieces of the stack whose every element the kernel computes as in the member's own
+        tensor: each member's update is bitwise its own step's (`_fused_runs`; a slice across
+        members in general is not: the kernel's vector blocks and scalar tail then fall
+        elsewhere). 32 digits members, 4 learning rates: 0.28-0.42 ms a step, 0.44-0.56 with
+        32 distinct ones; the stacked arithmetic of `_adam` 0.64-1.04 (one thread)."""
         steps = self.state["step"][0]
         steps.add_(1)  # counted first, then read by the kernel, as torch.optim's _fused_adam
         kernel = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
-        # each member's gradients, its own views (contiguous: the kernel reads them so)
-        grads = [p.grad.contiguous().unbind(0) for p in self.params]
-        for members, numbers, (params, averages, squares, counts) in self._runs:
+        # contiguous: the kernel reads its tensors so (a strided gradient silently wrong)
+        grads = [p.grad.contiguous() for p in self.params]
+        for numbers, pieces, (params, averages, squares, counts) in self._runs:
             kernel(
                 params,
-                [g[e] for e in members for g in grads],
+                [grads[i][rows] for i, rows in pieces],
                 averages,
                 squares,
                 [],
@@ -285,3 +300,14 @@ class StackedOptimizer:
             )
             denom = (exp_avg_sq.sqrt() / bias2_column).add_(self._constant("eps", p))
             p.sub_(step_size_column * exp_avg / denom)
+
+
+def _ranges(members: Sequence[int]) -> list[slice]:
+    """Sorted member indices as slices of consecutive ones: [0, 1, 2, 5] -> [0:3, 5:6]."""
+    ranges: list[slice] = []
+    for e in members:
+        if ranges and ranges[-1].stop == e:
+            ranges[-1] = slice(ranges[-1].start, e + 1)
+        else:
+            ranges.append(slice(e, e + 1))
+    return ranges
