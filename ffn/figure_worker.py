@@ -62,6 +62,8 @@ _answers: dict[int, Any] = {}
 _answered = threading.Condition()
 _sending: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
 _threads: list[threading.Thread] = []  # the current worker's writer and reader
+_unread: set[int] = set()  # requests whose answers nobody waits for (`prepare`'s)
+_prepared: set[tuple] = set()  # what the current worker has been asked to prepare
 # Called while a request's answer has not come, instead of waiting, when set: the ensemble's
 # group (ffn/ensemble/group.py) lets its other members go on meanwhile, so its members' figures
 # are drawn while this process ends the others. Returns True to wait for the worker now.
@@ -93,6 +95,8 @@ def start(niceness: int = NICENESS) -> None:
         return
     with _answered:
         _answers.clear()
+        _unread.clear()
+        _prepared.clear()
     _sending = queue.SimpleQueue()
     _threads[:] = [
         threading.Thread(target=target, args=(_worker,), daemon=True) for target in (_send, _listen)
@@ -136,6 +140,8 @@ def _listen(worker: subprocess.Popen[bytes]) -> None:
                 _answers[-1] = _GONE
             elif count < 0:
                 _ready = answer == "ready"
+            elif count in _unread:
+                _unread.discard(count)
             else:
                 _answers[count] = answer
             count += 1
@@ -163,6 +169,23 @@ def ready(timeout: float = 0.0) -> bool:
 def render(name: str, arrays: dict[str, np.ndarray]) -> Rendered:
     """ffn.figures.render(name, arrays): by the worker if there is one, else in this process."""
     return _run("render", name, arrays)
+
+
+def prepare(name: str, arrays: dict[str, np.ndarray]) -> None:
+    """Have the worker draw `name` from `arrays` once while the run trains, its answer unread:
+    ffn.figures keeps the figure, so the run's own of the same axes (a confusion matrix of as
+    many classes) is that figure with its data swapped, its glyphs drawn once already (~95
+    against ~130 ms of the run's wait at its end). Once a kind a worker; nothing without one."""
+    global _sent
+    key = (name, *(a.shape for a in arrays.values()))
+    if not running() or key in _prepared:
+        return
+    data = pickle.dumps(("render", (name, arrays)), protocol=pickle.HIGHEST_PROTOCOL)
+    with _answered:
+        _prepared.add(key)
+        _unread.add(_sent)
+        _sent += 1
+        _sending.put(data)
 
 
 def save_summary_plot(summary: Any, path: Path) -> None:

@@ -454,6 +454,11 @@ def train(
         if cfg.trainer.figures and world.writes:
             figure_worker.start()  # matplotlib loads in another process while this one trains
         run = Run(cfg, run_dir)
+        if cfg.trainer.figures and world.writes and run.task == "classification":
+            # the worker builds and draws a confusion matrix of as many classes meanwhile: the
+            # run's own at its end is that figure with its counts swapped (~35 ms less waited)
+            c = run.data.out_features
+            figure_worker.prepare("confusion_matrix", {"counts": np.arange(c * c).reshape(c, c)})
         for hook in RUN_HOOKS:
             hook(run)
         if resume_from is not None:

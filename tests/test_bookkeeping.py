@@ -149,7 +149,8 @@ def test_python_script_ends_after_its_exit_handlers_without_the_teardown(tmp_pat
 def test_the_figure_worker_draws_the_png_this_process_draws(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Byte for byte, every end figure; a worker that died leaves the drawing to the run."""
+    """Byte for byte, every end figure, one of them drawn ahead (`prepare`); a worker that died
+    leaves the drawing to the run."""
     monkeypatch.setattr(figure_worker, "_drew_here", False)  # as in a fresh run's process
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 2, generator=gen), torch.randint(0, 3, (40,), generator=gen)
@@ -161,9 +162,13 @@ def test_the_figure_worker_draws_the_png_this_process_draws(
     }
     figure_worker.start()
     try:
+        # as train() asks it: a confusion matrix drawn ahead, the run's one then reuses its axes
+        for _ in range(2):  # (once a kind: the second is not sent)
+            figure_worker.prepare("confusion_matrix", {"counts": np.arange(9).reshape(3, 3)})
         assert figure_worker.ready(timeout=60)  # (a run that finds it importing draws itself)
         drawn = {name: figure_worker.render(name, arrays) for name, arrays in wanted.items()}
         assert figure_worker.running()  # it answered every request
+        assert not figure_worker._unread and not figure_worker._answers  # nothing left over
         assert drawn == {name: figures.render(name, arrays) for name, arrays in wanted.items()}
         figure_worker._worker.kill()
         assert (
