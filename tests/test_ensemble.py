@@ -9,8 +9,6 @@ layer_diagnostics.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
@@ -455,35 +453,22 @@ def test_a_stacks_minibatch_is_each_members_own_rows(shared: bool, task: str) ->
             assert torch.equal(xb[e], d.x_train[rows]) and torch.equal(yb[e], d.y_train[rows])
 
 
-FAULTS_SCRIPT = """
-import resource
-from ffn.ensemble.memory import keep_freed_memory
-
-def faults():  # three 20 MB blocks, as a stack's evaluation allocates and frees each epoch
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    blocks = [bytearray(20 * 2**20) for _ in range(3)]
-    del blocks
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-faults(), faults()
-print(faults(), keep_freed_memory(), faults(), faults())
-"""
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
-def test_the_ensembles_process_keeps_freed_memory_for_the_next_epoch(monkeypatch) -> None:
-    """ffn.ensemble.memory: blocks freed and allocated again are not faulted in again; a user's
-    own MALLOC_* setting is left alone."""
-    from ffn.ensemble import memory
+def test_a_group_trains_inside_a_kept_heap() -> None:
+    """A stack's big tensors, freed each epoch, reuse the heap's pages in the next (ffn.heap's
+    kept_heap around the group's run); after the group the heap is given back."""
+    import resource
 
-    env = {k: v for k, v in os.environ.items() if k not in memory._TUNED_BY_USER}
-    out = subprocess.run(
-        [sys.executable, "-c", FAULTS_SCRIPT], env=env, capture_output=True, text=True, check=True
-    ).stdout.split()
-    before, kept, after = int(out[0]), out[1], int(out[3])
-    assert kept == "True" and before > 5000 and after < 100, out
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
-    assert not memory.keep_freed_memory()
+    from ffn.ensemble.group import Group
+
+    def faults() -> int:  # four 20 MB blocks, as a stack's evaluation allocates and frees them
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        blocks = [bytearray(20 * 2**20) for _ in range(4)]
+        del blocks
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    [inside] = Group().run([lambda: (faults(), faults())[1]])
+    assert inside < 100 and faults() > 5000
 
 
 @pytest.mark.parametrize("order", ["neighbours", "alternating"])

@@ -34,6 +34,7 @@ from ffn.ensemble.evaluation import MemberEvaluation, stacked_epoch_evaluation
 from ffn.ensemble.optim import StackedOptimizer
 from ffn.ensemble.stack import StackedNet, StackedPenalty
 from ffn.errors import ConfigError
+from ffn.heap import kept_heap
 from ffn.step import manual_gradients
 
 
@@ -241,8 +242,11 @@ class Group:
         try:
             # The members' records as they start, and their checkpoints of one round (all at
             # the same epoch's end), are fsynced together once the round is done, not one after
-            # another (run_record)
-            with run_record.fsyncs_together():
+            # another (run_record). A stack's tensors are E times a run's (32 digits members'
+            # hidden layer: 19 MB), which glibc would map and fault in again every epoch: its
+            # heap is kept (32-job digits sweep: 785k -> 156k page faults, system time 2.7-3.3
+            # -> 1.5 s, the evaluation 40 -> 29 ms an epoch)
+            with run_record.fsyncs_together(), kept_heap():
                 for member in self.members:  # each job runs up to its first step (or its end)
                     member.resume(None)
                 run_record.sync_waiting()  # every member's .hydra/ and metrics.json, at once

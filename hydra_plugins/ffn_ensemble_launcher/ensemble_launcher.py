@@ -92,9 +92,6 @@ class EnsembleLauncher(Launcher):
             else:
                 from ffn import figure_worker
                 from ffn.ensemble.group import Group
-                from ffn.ensemble.memory import keep_freed_memory
-
-                keep_freed_memory()  # a stack's tensors, freed each epoch, are reused, not remapped
 
                 if any(configs[i].trainer.figures for i in group):
                     # Its members' figures are most of the group's end, drawn while it waits:
