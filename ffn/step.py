@@ -14,7 +14,6 @@ of `manual_gradients`.
 from __future__ import annotations
 
 import functools
-import sys
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -25,6 +24,7 @@ from torch.optim import optimizer as torch_optimizer
 from ffn.eager_optim import eager_class
 from ffn.errors import ConfigError
 from ffn.functions import linear_backward, linear_forward
+from ffn.lbfgs import FlatLBFGS
 from ffn.losses import loss_function, task_loss
 from ffn.model import FeedForward
 from ffn.penalties import Penalty
@@ -305,14 +305,6 @@ def check_smooth(penalty: Penalty | None, key: str = "penalty.name") -> None:
         )
 
 
-def _is_flat_lbfgs(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether `optimizer` is ffn.lbfgs.FlatLBFGS, without importing ffn.lbfgs: it imports
-    scipy's BLAS (0.28 s and 15 MiB of every run), and until it is imported no optimizer is one
-    (the estimators import it; the runner's optimizer=lbfgs is torch's LBFGS)."""
-    lbfgs = sys.modules.get("ffn.lbfgs")
-    return lbfgs is not None and isinstance(optimizer, lbfgs.FlatLBFGS)
-
-
 def lbfgs_step(
     model: FeedForward,
     optimizer: torch.optim.LBFGS,
@@ -332,7 +324,7 @@ def lbfgs_step(
     active = penalty is not None and penalty.smooth_weight > 0
     penalised = penalty.parameters(model) if active else []
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    flat = optimizer.flat_buffer() if _is_flat_lbfgs(optimizer) else None
+    flat = optimizer.flat_buffer() if isinstance(optimizer, FlatLBFGS) else None
     point = params if flat is None else [flat]  # what the parameters' values are read from
     data = (x, y, penalty, gradients)
     cache = _LAST_EVALUATION.get(optimizer)
