@@ -138,7 +138,7 @@ def fused_adam_update_(optimizer: torch.optim.Adam) -> bool:
             if not p_state:
                 return False
             params.append(p)
-            grads.append(grad)
+            grads.append(contiguous_gradient(p))
             averages.append(p_state["exp_avg"])
             squares.append(p_state["exp_avg_sq"])
             steps.append(p_state["step"])
@@ -172,6 +172,16 @@ def fused_adam_update_(optimizer: torch.optim.Adam) -> bool:
     return True
 
 
+def contiguous_gradient(p: Tensor) -> Tensor:
+    """p.grad, made contiguous in place if it is not: torch 2.13's CPU fused Adam reads a
+    strided gradient as if it were contiguous (a transposed one steps every element with
+    another element's gradient, silently), whether called directly or through torch.optim."""
+    grad = p.grad
+    if not grad.is_contiguous():
+        grad = p.grad = grad.contiguous()
+    return grad
+
+
 @functools.cache
 def _one(dtype: torch.dtype, device: torch.device) -> Tensor:
     """1 as a 0-dim tensor, what each of Adam's step counts gets added (the same sums as adding
@@ -199,6 +209,11 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
             return
         if is_fused_adam(optimizer) and fused_adam_update_(optimizer):
             return
+    if is_fused_adam(optimizer):  # torch.optim's own fused step has the same flaw
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    contiguous_gradient(p)
     optimizer.step()
     _STEPPED.add(optimizer)
 

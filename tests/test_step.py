@@ -24,6 +24,7 @@ from ffn.step import (
     is_fused_adam,
     is_plain_sgd,
     manual_gradients,
+    optimizer_step,
     sgd_update_,
     train_step,
 )
@@ -351,3 +352,24 @@ def test_the_loss_table_has_one_loss_per_task():
     from ffn.losses import LOSSES
 
     assert tuple(LOSSES) == NAMED
+
+
+def test_fused_adam_steps_a_strided_gradient_as_its_contiguous_copy():
+    # torch 2.13's CPU fused Adam reads a strided gradient as if it were contiguous: a
+    # transposed (column-major) gradient stepped each element with another's gradient. Both
+    # of optimizer_step's paths (torch.optim's first step, the direct fused update after it)
+    # must step as the non-fused Adam does.
+    torch.manual_seed(0)
+    start = torch.randn(64, 10, dtype=torch.float32)
+    grads = [torch.randn(10, 64).mT for _ in range(3)]  # column-major (64, 10)
+    assert not grads[0].is_contiguous()
+    fused_p = torch.nn.Parameter(start.clone())
+    plain_p = torch.nn.Parameter(start.clone())
+    fused = torch.optim.Adam([fused_p], lr=0.1, fused=True)
+    plain = torch.optim.Adam([plain_p], lr=0.1, foreach=False)
+    for grad in grads:
+        fused_p.grad, plain_p.grad = grad.clone().mT.contiguous().mT, grad.clone()
+        assert not fused_p.grad.is_contiguous()
+        optimizer_step(fused)
+        plain.step()
+        torch.testing.assert_close(fused_p.detach(), plain_p.detach(), rtol=1e-6, atol=1e-6)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ffn.eager_optim import eager_class
+from ffn.step import contiguous_gradient
 
 # Flags a member's param group may hold with the batched step, and the values it handles.
 SUPPORTED_FLAGS = {"maximize": False, "amsgrad": False}
@@ -258,8 +259,7 @@ class StackedOptimizer:
         steps = self.state["step"][0]
         steps.add_(1)  # counted first, then read by the kernel, as torch.optim's _fused_adam
         kernel = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
-        # contiguous: the kernel reads its tensors so (a strided gradient silently wrong)
-        grads = [p.grad.contiguous() for p in self.params]
+        grads = [contiguous_gradient(p) for p in self.params]  # (the kernel's flaw: see there)
         for numbers, pieces, (params, averages, squares, counts) in self._runs:
             kernel(
                 params,
