@@ -22,6 +22,7 @@ The module knows nothing of the activation table: `activations.py` calls
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, Literal
@@ -107,13 +108,16 @@ _TRANSPOSED_MIN_SIZE = 8192  # rows x inner dimension of A (2-D)
 
 def _transposed(a: Tensor, b: Tensor) -> bool:
     """Compute a @ b as (b^T a^T)^T?  a: ([E,] m, k), b: ([E,] k, n)."""
-    rows, inner = a.shape[-2], a.shape[-1]
+    # The checks that fail on a minibatch first, and is_cpu, not device.type (which builds a
+    # torch.device): this runs for every product of every step.
+    shape = a.shape
+    rows = shape[-2]
     return (
-        b.shape[-1] in _NARROW_COLUMNS
-        and rows >= _TRANSPOSED_MIN_ROWS
-        and (rows * inner >= _TRANSPOSED_MIN_SIZE or a.ndim == 3)
+        rows >= _TRANSPOSED_MIN_ROWS
+        and b.shape[-1] in _NARROW_COLUMNS
+        and (rows * shape[-1] >= _TRANSPOSED_MIN_SIZE or a.ndim == 3)
         and a.ndim in (2, 3)
-        and a.device.type == "cpu"
+        and a.is_cpu
     )
 
 
@@ -130,6 +134,11 @@ def _transposed(a: Tensor, b: Tensor) -> bool:
 # must record (an input that requires grad, under grad mode), a tensor subclass, a transform's
 # wrapped tensor (vmap, torch.func), forward AD and dispatch modes stay torch's.
 _NUMPY_PRODUCTS: ContextVar[bool] = ContextVar("ffn_numpy_products", default=False)
+# How many `numpy_products()` blocks are open in the process, in any thread: while none is, no
+# product asks the context variable or torch.compiler (two Python calls per product, 5-10% of a
+# tiny step's time). A plain global, so a traced graph guards on it and does not break.
+_numpy_blocks = 0
+_numpy_blocks_lock = threading.Lock()
 # float64 only: in float32 MKL ties OpenBLAS from 1797 rows on ((1797, 64) @ (64, 64) 160 against
 # 157 us) and no float32 fit measured faster through numpy
 _NUMPY_DTYPES = (torch.float64,)
@@ -143,15 +152,22 @@ _PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 @contextlib.contextmanager
 def numpy_products(enabled: bool = True) -> Iterator[None]:
     """Inside, `matmul` and `linear_forward` multiply CPU float64 matrices with numpy's BLAS."""
+    global _numpy_blocks
     token = _NUMPY_PRODUCTS.set(enabled)
+    with _numpy_blocks_lock:
+        _numpy_blocks += 1
     try:
         yield
     finally:
+        with _numpy_blocks_lock:
+            _numpy_blocks -= 1
         _NUMPY_PRODUCTS.reset(token)
 
 
 def _numpy_product(a: Tensor, b: Tensor) -> bool:
     """Compute a @ b with numpy?  a: (m, k), b: (k, n).  The cheapest checks first."""
+    if not _numpy_blocks:
+        return False
     if torch.compiler.is_compiling():  # a traced graph keeps torch's product (and no break)
         return False
     if not (_NUMPY_PRODUCTS.get() and a.ndim == 2 and b.ndim == 2):
@@ -213,7 +229,7 @@ def _numpy_matmul(a: Tensor, b: Tensor) -> Tensor:
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """a @ b, column-major where MKL is faster at that, numpy's inside `numpy_products` (see
     above).  (m, k), (k, n) -> (m, n)."""
-    if _numpy_product(a, b):
+    if _numpy_blocks and _numpy_product(a, b):
         return _numpy_matmul(a, b)
     if _transposed(a, b):
         return (b.mT @ a.mT).mT
@@ -229,7 +245,7 @@ def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """
     if bias is None:
         return matmul(x, weight)
-    if _numpy_product(x, weight) and _numpy_bias(bias, x):
+    if _numpy_blocks and _numpy_product(x, weight) and _numpy_bias(bias, x):
         return _numpy_matmul(x, weight).add_(bias)  # torch's broadcast add: 3x numpy's
     if x.ndim == 2:
         if _transposed(x, weight):  # z^T = W^T x^T + b (b per row of z^T)
@@ -381,14 +397,17 @@ _COMPOSED_MIN_ROWS_FLOAT64, _COMPOSED_MIN_CLASSES_FLOAT64 = 128, 8
 
 
 def _composed(logits: Tensor) -> bool:
+    # The class count first (two classes, the tiny step's, fail there), is_cpu rather than
+    # device.type (which builds a torch.device): this runs every step.
+    shape = logits.shape
     if not (
-        logits.device.type == "cpu"
+        len(shape) >= 2
+        and shape[-1] in _COMPOSED_CLASSES
+        and logits.is_cpu
         and logits.dtype in _COMPOSED_DTYPES
-        and logits.ndim >= 2
-        and logits.shape[-1] in _COMPOSED_CLASSES
     ):
         return False
-    rows, classes = logits.shape[-2], logits.shape[-1]
+    rows, classes = shape[-2], shape[-1]
     return rows >= _COMPOSED_MIN_ROWS or (
         logits.dtype == torch.float64
         and rows >= _COMPOSED_MIN_ROWS_FLOAT64

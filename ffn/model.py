@@ -83,7 +83,7 @@ class FeedForward(nn.Module):
         """
         return [
             (layer._parameters["weight"], layer._parameters.get("bias"))
-            for layer in self.layers._modules.values()
+            for layer in self._modules["layers"]._modules.values()
         ]
 
     @torch.no_grad()

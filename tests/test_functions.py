@@ -493,6 +493,38 @@ def test_numpy_products_are_off_by_default_and_for_what_they_cannot_do(monkeypat
     assert calls[0] == 0
 
 
+def test_numpy_products_stay_per_context_behind_the_open_block_count(monkeypatch):
+    """The process-wide count of open blocks only lets products skip the checks while none is
+    open: another thread's block leaves this thread's products torch's, and a block left by an
+    exception closes its count."""
+    import threading
+
+    x, w = randn((200, 64), 51), randn((64, 64), 52)
+    calls = count_numpy_products(monkeypatch)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_a_block() -> None:
+        with functions.numpy_products():
+            entered.set()
+            release.wait(10)
+
+    other = threading.Thread(target=hold_a_block)
+    other.start()
+    try:
+        assert entered.wait(10) and functions._numpy_blocks == 1
+        functions.matmul(x, w)
+        linear_forward(x, w, randn((64,), 53))
+        assert calls[0] == 0
+    finally:
+        release.set()
+        other.join()
+    with pytest.raises(KeyError), functions.numpy_products():
+        assert functions._numpy_blocks == 1
+        functions.matmul(x, w)
+        raise KeyError
+    assert calls[0] == 1 and functions._numpy_blocks == 0
+
+
 def test_linear_with_numpy_products_checks_in_every_mode(monkeypatch):
     """The Function's forward, backward and jvp through numpy's products, at gradcheck's size."""
     monkeypatch.setattr(functions, "_NUMPY_ALWAYS", 0)
