@@ -97,11 +97,6 @@ class SummaryCallback(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._job_started = time.time()
-        loader = _hydra_config_loader()
-        if loader is not None:  # its batch is loaded: what it kept for a second load, goes
-            from ffn.ensemble.compose import forget_derived
-
-            forget_derived(loader)
         numbered = config.hydra.mode == RunMode.MULTIRUN and config.hydra.job.get("num") is not None
         if numbered and launch_env.is_writer():
             # stderr, not the log: the job's own log file is not attached yet
@@ -191,8 +186,6 @@ def compose_each_job_once(loader: Any) -> None:
         return copy.deepcopy(config)  # with the resolver cache: ${now:} resolves the same
 
     load_sweep_config.composes_once = True  # type: ignore[attr-defined]
-    if hasattr(compose, "derived"):  # compose_by_template's, for forget_derived to find
-        load_sweep_config.derived = compose.derived  # type: ignore[attr-defined]
     # compose_by_template's mark, so that the launcher's own call does not wrap it again
     load_sweep_config.derives_values = getattr(compose, "derives_values", False)  # type: ignore[attr-defined]
     loader.load_sweep_config = load_sweep_config

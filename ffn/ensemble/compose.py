@@ -31,36 +31,23 @@ def compose_by_template(loader: Any) -> None:
     compose = loader.load_sweep_config
     parser = OverridesParser.create()
     templates: dict[tuple[int, tuple[str, ...]], tuple[DictConfig, list[Override]]] = {}
-    # A derived job's config, kept for the next call with the same overrides: the basic sweeper
-    # loads every job of a batch to refuse a bad one early (`validate_batch_is_legal`, which
-    # drops what it loads), then the launcher loads each again; derived once, not twice
-    derived: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+    # (The basic sweeper's second load of a job, the launcher's after its validation's, never
+    # reaches here: ffn.sweep.compose_each_job_once, wrapped around this, answers it.)
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        key = (id(master_config), tuple(sweep_overrides))
-        if key in derived:
-            return derived.pop(key)
         parsed = parser.parse_overrides(list(sweep_overrides))
         plain = [_plain_value(o, loader) for o in parsed]
         shape = (id(master_config), _shape(parsed, plain))
         template = templates.get(shape)
         if template is not None and _derivable(template[1], parsed, template[0]):
-            derived[key] = _derive(template[0], master_config, parsed, plain)
-            return derived[key]
+            return _derive(template[0], master_config, parsed, plain)
         config = compose(master_config=master_config, sweep_overrides=sweep_overrides)
         if template is None:
             templates[shape] = (copy.deepcopy(config), parsed)
         return config
 
     load_sweep_config.derives_values = True  # type: ignore[attr-defined]
-    load_sweep_config.derived = derived  # type: ignore[attr-defined]
     loader.load_sweep_config = load_sweep_config
-
-
-def forget_derived(loader: Any) -> None:
-    """Drop the derived configs kept for a second call (the launcher has loaded its batch): a
-    later batch with the same overrides (a sweeper that tries a point again) derives anew."""
-    getattr(loader.load_sweep_config, "derived", {}).clear()
 
 
 def _shape(parsed: list[Override], plain: list[bool]) -> tuple[str, ...]:

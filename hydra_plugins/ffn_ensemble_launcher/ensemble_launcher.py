@@ -57,7 +57,6 @@ class EnsembleLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from ffn.ensemble.compose import forget_derived
         from ffn.ensemble.plan import plan
 
         setup_globals()
@@ -74,7 +73,6 @@ class EnsembleLauncher(Launcher):
                 config.hydra.job.num = idx
             _refuse_unless_fit(config)
             configs.append(config)
-        forget_derived(self.hydra_context.config_loader)
         groups = plan(configs, self.max_members)
         log.info(
             "Launching %d jobs locally, as %d ensembles and %d single jobs",
