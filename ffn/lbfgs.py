@@ -161,11 +161,13 @@ def _host(value):
 
 
 def _stored(value):
-    """A state entry as torch's step holds it: an array as a tensor sharing its memory, a list
-    of arrays as a list of those, anything else (numpy scalars included) as it is."""
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value)
-    if isinstance(value, list) and any(isinstance(v, np.ndarray) for v in value):
+    """A state entry as torch's step holds it: an array as a tensor sharing its memory, a numpy
+    scalar (H_diag, ro's and al's entries) as a 0-dim tensor, a list of those as a list of
+    tensors, anything else as it is. (A numpy scalar in a state_dict would make
+    torch.load(weights_only=True), torch's default, refuse the file.)"""
+    if isinstance(value, np.ndarray | np.generic):
+        return torch.from_numpy(np.asarray(value))
+    if isinstance(value, list) and any(isinstance(v, np.ndarray | np.generic) for v in value):
         return [_stored(v) for v in value]
     return value
 

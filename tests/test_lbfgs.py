@@ -15,6 +15,7 @@ Conventions (ffn minimises l_n(w) + lam ||W||^2, mean loss, biases unpenalised):
 from __future__ import annotations
 
 import copy
+import io
 import json
 from pathlib import Path
 
@@ -256,6 +257,15 @@ def test_flat_lbfgs_state_carries_on_in_torchs_step() -> None:
         lbfgs_step(flat_model, ours, None, x, y, "regression")
     saved = copy.deepcopy(ours.state_dict())  # torch's state_dict holds references, not copies
     assert all(isinstance(v, torch.Tensor) for v in saved["state"][0]["old_dirs"])
+    # the entries of torch's own kinds (its scalars 0-dim tensors): torch.load's weights_only
+    # unpickler, torch's default, takes the file as it takes torch's
+    kinds = {k: type(v) for k, v in torchs.state_dict()["state"][0].items()}
+    assert {k: type(v) for k, v in saved["state"][0].items()} == kinds
+    assert {type(v) for v in saved["state"][0]["ro"]} == {torch.Tensor}
+    file = io.BytesIO()
+    torch.save(saved, file)
+    file.seek(0)
+    torch.load(file, weights_only=True)
     resumed_model = FeedForward(5, [8], 1, dtype=F64)
     resumed_model.load_state_dict(flat_model.state_dict())
     resumed = torch.optim.LBFGS(resumed_model.parameters(), **settings)
