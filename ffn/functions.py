@@ -165,9 +165,8 @@ def numpy_products(enabled: bool = True) -> Iterator[None]:
 
 
 def _numpy_product(a: Tensor, b: Tensor) -> bool:
-    """Compute a @ b with numpy?  a: (m, k), b: (k, n).  The cheapest checks first."""
-    if not _numpy_blocks:
-        return False
+    """Compute a @ b with numpy?  a: (m, k), b: (k, n).  The cheapest checks first (its
+    callers ask `_numpy_blocks` before the call: no call at all while no block is open)."""
     if torch.compiler.is_compiling():  # a traced graph keeps torch's product (and no break)
         return False
     if not (_NUMPY_PRODUCTS.get() and a.ndim == 2 and b.ndim == 2):

@@ -283,6 +283,6 @@ def host_values(tensors: Sequence[Tensor]) -> list[Any]:
     """Python numbers of 0-dim or (k,) tensors of one kind (floats, or integers): on the CPU
     each read where it is (3 us for 20 values; a stack is 22), from another device in one
     stacked transfer (the stack promotes float32 to float64, as exact as .item())."""
-    if all(t.device.type == "cpu" for t in tensors):
+    if all(t.is_cpu for t in tensors):
         return [t.tolist() for t in tensors]
     return torch.stack(list(tensors)).cpu().tolist()
