@@ -89,18 +89,56 @@ class Apply:
 
 # --- linear: z = x W + b ------------------------------------------------------------------------
 
-# MKL's CPU gemm is slow when the product it writes has a few columns and many rows: it is then
-# several times faster at the transposed product, C^T = B^T A^T, read back as C through .mT (a
-# column-major C, same values, no copy). One thread, this repo's AMD EPYC, us, C = A B, A (m, 64):
-# float64 (200, 64) B (64, 10) 22 -> 14, (1797, 64) B (64, 10) 195 -> 117, B (64, 4) 131 -> 51;
-# float32 (200, 64) B (64, 10) 20 -> 7, (1797, 64) B (64, 10) 168 -> 44. With a single column
-# (gemv) or from 16 columns on the plain product is as fast or faster, and so it is on small
-# products, where the transposed call's overhead shows ((200, 16) B (16, 2) 4.7 -> 5.3, (1000, 4)
-# B (4, 3) float64 8.1 -> 13; (1000, 16) B (16, 2) gains, 17 -> 11): those keep it, as do other
-# devices. Stacked (3-D, an ensemble's members) the batched gemm gains from 64 rows on, small
-# products included: 32 members, float32, ms, baddbmm -> transposed: (64, 16) B (16, 2) 0.062 ->
-# 0.022, (64, 128) B (128, 10) 0.57 -> 0.16, (1150, 128) B (128, 10) 12.5 -> 5.4; at 32 rows it
-# loses, (32, 16) B (16, 2) 0.024 -> 0.035.
+# MKL off its home CPU: on this repo's first machine, a 2-core AMD EPYC (Zen 4, AVX-512), torch's
+# MKL took slower paths than numpy's OpenBLAS at most float64 shapes a small network multiplies,
+# and several times slower ones at narrow products (below); on the 2-core Intel Xeon (AVX-512)
+# that followed, MKL is the faster of the two at every shape and plain products beat transposed
+# ones (one thread, us, float64; `python benchmarks/bench_products.py`, load 1.6, MKL -> numpy's:
+# (200, 64) @ (64, 64) 19.4 -> 23.5, (200, 64) @ (64, 10) 9.2 -> 10.5, (1797, 64) @ (64, 64) 164
+# -> 248, (10, 5000) @ (5000, 64) 140 -> 285; a 200-row Adam step on digits 241 -> 258, a
+# 1797-row one 1162 -> 1575). So both detours below, numpy's products and the transposed narrow
+# ones, are taken only where torch's BLAS is MKL and the CPU is known not to be Intel's.
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...), "" where none is found."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:  # Linux
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    import platform  # Windows names the vendor at the end ("... AuthenticAMD")
+
+    words = platform.processor().split()
+    return words[-1] if words and words[-1].startswith(("Genuine", "Authentic")) else ""
+
+
+def mkl_slow_paths(vendor: str, blas_is_mkl: bool) -> bool:
+    """Does torch's BLAS take MKL's slower paths: MKL on a CPU known not to be Intel's?"""
+    return blas_is_mkl and vendor not in ("", "GenuineIntel")
+
+
+MKL_SLOW_PATHS = mkl_slow_paths(cpu_vendor(), torch.backends.mkl.is_available())
+
+# MKL's CPU gemm, off its home CPU, is slow when the product it writes has a few columns and many
+# rows: it is then several times faster at the transposed product, C^T = B^T A^T, read back as C
+# through .mT (a column-major C, same values, no copy). One thread, the AMD EPYC, us, C = A B,
+# A (m, 64): float64 (200, 64) B (64, 10) 22 -> 14, (1797, 64) B (64, 10) 195 -> 117, B (64, 4)
+# 131 -> 51; float32 (200, 64) B (64, 10) 20 -> 7, (1797, 64) B (64, 10) 168 -> 44. With a single
+# column (gemv) or from 16 columns on the plain product is as fast or faster, and so it is on
+# small products, where the transposed call's overhead shows ((200, 16) B (16, 2) 4.7 -> 5.3,
+# (1000, 4) B (4, 3) float64 8.1 -> 13; (1000, 16) B (16, 2) gains, 17 -> 11): those keep it, as
+# do other devices. Stacked (3-D, an ensemble's members) the batched gemm gains from 64 rows on,
+# small products included: 32 members, float32, ms, baddbmm -> transposed: (64, 16) B (16, 2)
+# 0.062 -> 0.022, (64, 128) B (128, 10) 0.57 -> 0.16, (1150, 128) B (128, 10) 12.5 -> 5.4; at 32
+# rows it loses, (32, 16) B (16, 2) 0.024 -> 0.035. On the Intel Xeon MKL's plain products are
+# the faster at nearly every one of these shapes (matmul, float64, us, plain -> transposed:
+# (200, 64) B (64, 10) 6.5 -> 8.7, (1797, 64) B (64, 10) 48 -> 49, B (64, 4) 29 -> 113, (5000,
+# 10) B (10, 2) 16 -> 55; float32 (1797, 64) B (64, 4) 30 -> 136; stacked, 32 members, float32,
+# (64, 128) B (128, 10) 0.074 -> 0.089 ms, (1150, 128) B (128, 10) 1.46 -> 1.66; load 1.4, an
+# ad hoc timeit script): there the transposition is off (`MKL_SLOW_PATHS`).
 _NARROW_COLUMNS = range(2, 16)
 _TRANSPOSED_MIN_ROWS = 64
 _TRANSPOSED_MIN_SIZE = 8192  # rows x inner dimension of A (2-D)
@@ -110,6 +148,8 @@ def _transposed(a: Tensor, b: Tensor) -> bool:
     """Compute a @ b as (b^T a^T)^T?  a: ([E,] m, k), b: ([E,] k, n)."""
     # The checks that fail on a minibatch first, and is_cpu, not device.type (which builds a
     # torch.device): this runs for every product of every step.
+    if not MKL_SLOW_PATHS:
+        return False
     shape = a.shape
     rows = shape[-2]
     return (
@@ -122,7 +162,7 @@ def _transposed(a: Tensor, b: Tensor) -> bool:
 
 
 # Inside `numpy_products()`, a CPU product of two float64 matrices is numpy's (its OpenBLAS),
-# which on this repo's AMD EPYC (AVX-512, where MKL takes a slower path) is faster at most shapes
+# which on the AMD EPYC (AVX-512, where MKL takes a slower path) is faster at most shapes
 # a small network multiplies (one thread, us, `python benchmarks/bench_products.py`,
 # load 1.9): (200, 64) @ (64, 64) 50 -> 36, (200, 64) @ (64, 10) 16 -> 11, (1797, 64) @ (64, 64)
 # 449 -> 338, (10, 5000) @ (5000, 64) 329 -> 225; a whole 200-row Adam step on digits 336 -> 314,
@@ -132,11 +172,12 @@ def _transposed(a: Tensor, b: Tensor) -> bool:
 # shares without a copy. Off by default: numpy's BLAS runs on its own threads, which the caller
 # sets (ffn.sklearn's estimators set both), and the products are numbers only: a product autograd
 # must record (an input that requires grad, under grad mode), a tensor subclass, a transform's
-# wrapped tensor (vmap, torch.func), forward AD and dispatch modes stay torch's.
+# wrapped tensor (vmap, torch.func), forward AD and dispatch modes stay torch's. The estimators
+# open a block only where `MKL_SLOW_PATHS` (on the Intel Xeon MKL is faster, above).
 _NUMPY_PRODUCTS: ContextVar[bool] = ContextVar("ffn_numpy_products", default=False)
-# How many `numpy_products()` blocks are open in the process, in any thread: while none is, no
-# product asks the context variable or torch.compiler (two Python calls per product, 5-10% of a
-# tiny step's time). A plain global, so a traced graph guards on it and does not break.
+# How many enabled `numpy_products()` blocks are open in the process, in any thread: while none
+# is, no product asks the context variable or torch.compiler (two Python calls per product, 5-10%
+# of a tiny step's time). A plain global, so a traced graph guards on it and does not break.
 _numpy_blocks = 0
 _numpy_blocks_lock = threading.Lock()
 # float64 only: in float32 MKL ties OpenBLAS from 1797 rows on ((1797, 64) @ (64, 64) 160 against
@@ -154,6 +195,12 @@ def numpy_products(enabled: bool = True) -> Iterator[None]:
     """Inside, `matmul` and `linear_forward` multiply CPU float64 matrices with numpy's BLAS."""
     global _numpy_blocks
     token = _NUMPY_PRODUCTS.set(enabled)
+    if not enabled:  # only open blocks need counting: False is what the context var then reads
+        try:
+            yield
+        finally:
+            _NUMPY_PRODUCTS.reset(token)
+        return
     with _numpy_blocks_lock:
         _numpy_blocks += 1
     try:

@@ -43,6 +43,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import ThreadpoolController
 from torch import Tensor
 
+from ffn import functions
 from ffn.eager_optim import eager_class
 from ffn.errors import ConfigError
 from ffn.functions import numpy_products, softmax
@@ -227,9 +228,10 @@ class _FFNEstimator(BaseEstimator):
     # --- training ----------------------------------------------------------------------------
 
     def _fit(self, X, y, incremental: bool, classes=None):
-        # numpy's BLAS for the products (ffn.functions.numpy_products), on num_threads too;
-        # the heap kept, so that pages are reused step to step
-        with compute_threads(self.num_threads), numpy_products(), kept_heap():
+        # numpy's BLAS for the products where MKL is off its home CPU (ffn.functions), on
+        # num_threads too; the heap kept, so that pages are reused step to step
+        blas = numpy_products(functions.MKL_SLOW_PATHS)
+        with compute_threads(self.num_threads), blas, kept_heap():
             return self._fit_here(X, y, incremental, classes)
 
     def _fit_here(self, X, y, incremental: bool, classes):
@@ -345,7 +347,7 @@ class _FFNEstimator(BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         weight = self._model.layers[0].weight
-        with compute_threads(self.num_threads), numpy_products():
+        with compute_threads(self.num_threads), numpy_products(functions.MKL_SLOW_PATHS):
             x = torch.as_tensor(_writable(X), dtype=weight.dtype, device=weight.device)
             return self._model(x)
 

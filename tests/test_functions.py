@@ -401,7 +401,8 @@ def test_linear_backward_formulas(n, d, h, with_bias):
         torch.testing.assert_close(b.grad, dz.sum(0), **close)
 
 
-# A few outputs and many rows: the product is computed transposed (functions.matmul).
+# A few outputs and many rows: where MKL takes its slower paths (functions.MKL_SLOW_PATHS), the
+# product is computed transposed (functions.matmul).
 NARROW = [(64, 128, 2), (200, 64, 10), (70, 120, 15)]
 
 
@@ -409,8 +410,51 @@ def column_major(t: torch.Tensor) -> torch.Tensor:
     return t.mT.contiguous().mT
 
 
+@pytest.mark.parametrize(
+    ("vendor", "mkl", "slow"),
+    [
+        ("AuthenticAMD", True, True),
+        ("HygonGenuine", True, True),
+        ("GenuineIntel", True, False),
+        ("AuthenticAMD", False, False),
+        ("", True, False),  # no vendor found: torch's products as they are
+    ],
+)
+def test_the_products_follow_the_cpu_vendor(vendor, mkl, slow, monkeypatch):
+    """The rule on a given vendor and BLAS, and the routes it then takes: a narrow product
+    transposed (column-major) and the estimators' products numpy's where MKL is off Intel's
+    CPUs, plain torch products elsewhere; the same values either way."""
+    assert functions.mkl_slow_paths(vendor, mkl) is slow
+    monkeypatch.setattr(functions, "MKL_SLOW_PATHS", functions.mkl_slow_paths(vendor, mkl))
+    x, w, b = randn((200, 64), 37), randn((64, 10), 38), randn((10,), 39)
+    z = linear_forward(x, w, b)
+    assert z.stride() == ((1, 200) if slow else (10, 1))
+    torch.testing.assert_close(z, torch.addmm(b, x, w), rtol=1e-13, atol=1e-13)
+    calls = count_numpy_products(monkeypatch)
+    with functions.numpy_products(functions.MKL_SLOW_PATHS):
+        torch.testing.assert_close(functions.matmul(x, w), x @ w, rtol=1e-12, atol=1e-12)
+    assert calls[0] == slow
+
+
+def test_cpu_vendor_is_the_one_cpuinfo_names():
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo")
+    vendors = {
+        line.partition(":")[2].strip()
+        for line in cpuinfo.read_text().splitlines()
+        if line.startswith("vendor_id")
+    }
+    assert functions.cpu_vendor() in (vendors or {""})
+    blas_is_mkl = torch.backends.mkl.is_available()
+    assert functions.mkl_slow_paths(functions.cpu_vendor(), blas_is_mkl) is functions.MKL_SLOW_PATHS
+
+
 @pytest.mark.parametrize(("n", "d", "h"), NARROW)
-def test_narrow_linear_is_the_transposed_product_with_the_plain_values(n, d, h):
+def test_narrow_linear_is_the_transposed_product_with_the_plain_values(n, d, h, monkeypatch):
+    monkeypatch.setattr(functions, "MKL_SLOW_PATHS", True)
     x, w, b = randn((n, d), 30), randn((d, h), 31), randn((h,), 32)
     z = linear_forward(x, w, b)
     assert z.stride() == (1, n)  # column-major: the transposed product ran
@@ -427,6 +471,7 @@ def test_narrow_linear_is_the_transposed_product_with_the_plain_values(n, d, h):
 
 
 def test_narrow_linear_checks_in_every_mode(monkeypatch):
+    monkeypatch.setattr(functions, "MKL_SLOW_PATHS", True)
     monkeypatch.setattr(functions, "_TRANSPOSED_MIN_SIZE", 0)  # the path at gradcheck's size
     x = randn((64, 2), 34).requires_grad_()
     w, b = randn((2, 3), 35).requires_grad_(), randn((3,), 36).requires_grad_()

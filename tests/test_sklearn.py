@@ -20,6 +20,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from ffn import functions
 from ffn.optimizers import OPTIMIZERS
 from ffn.sklearn import FFNClassifier, FFNRegressor
 
@@ -87,9 +88,11 @@ def test_pickled_estimator_predicts_and_continues_alike(iris, optimizer: str) ->
     np.testing.assert_allclose(twin.coefs_[0], clf.coefs_[0], rtol=0, atol=1e-12)
 
 
-def test_predict_proba_is_the_softmax_of_the_logits() -> None:
-    """300 rows, 3 classes: the logits come back column-major (functions.matmul) and the
-    probabilities from functions.softmax; both as torch's softmax, rows summing to one."""
+def test_predict_proba_is_the_softmax_of_the_logits(monkeypatch) -> None:
+    """300 rows, 3 classes: the logits come back column-major (functions.matmul, on a CPU where
+    MKL takes its slower paths) and the probabilities from functions.softmax; both as torch's
+    softmax, rows summing to one."""
+    monkeypatch.setattr(functions, "MKL_SLOW_PATHS", True)
     x, y = make_classification(300, 6, n_informative=4, n_classes=3, random_state=0)
     clf = FFNClassifier(hidden_layer_sizes=(32,), max_epochs=3, random_state=0).fit(x, y)
     proba = clf.predict_proba(x)
