@@ -20,13 +20,17 @@ faster), with the epochs each ran.
 
 A third arm in every round, its line giving sklearn's time / its time the same way:
 `--torch-products`, ffn with torch's products (`ffn.functions.numpy_products` off: MKL, narrow
-ones transposed), as before the estimators used numpy's; `--plain-products`, ffn with every
-product torch's A @ B (numpy's off and `ffn.functions._NARROW_COLUMNS` emptied), as before
-`ffn.functions.matmul` computed narrow ones transposed; `--torch-lbfgs`, ffn with torch's own
-LBFGS step (`ffn.lbfgs.FlatLBFGS`'s numpy step off), as before the step ran in numpy.
+ones transposed where `ffn.functions.MKL_SLOW_PATHS`), as before the estimators used numpy's;
+`--plain-products`, ffn with every product torch's A @ B (numpy's off and
+`ffn.functions._NARROW_COLUMNS` emptied), as before `ffn.functions.matmul` computed narrow ones
+transposed; `--slow-mkl-routes`, ffn with both detours on (`ffn.functions.MKL_SLOW_PATHS` set:
+numpy's products, narrow ones transposed), as on every CPU before the routing followed the
+CPU's vendor; `--torch-lbfgs`, ffn with torch's own LBFGS step (`ffn.lbfgs.FlatLBFGS`'s numpy
+step off), as before the step ran in numpy.
 
     python benchmarks/bench_estimators.py [--pairs 5] [--epochs 100] [--dtype float32,float32]
-                                          [--torch-products | --plain-products | --torch-lbfgs]
+                                          [--torch-products | --plain-products |
+                                           --slow-mkl-routes | --torch-lbfgs]
 """
 
 from __future__ import annotations
@@ -67,7 +71,12 @@ def blas() -> str:
     numpy_blas = [f"{i['internal_api']} {i['version']}" for i in threadpool_info()]
     config = torch.__config__.show()
     torch_blas = "MKL" if "Math Kernel Library" in config else "its own build's BLAS"
-    return f"numpy: {', '.join(numpy_blas) or 'unknown'}; torch {torch.__version__}: {torch_blas}"
+    vendor = functions.cpu_vendor() or "vendor unknown"
+    routes = f"{vendor}, MKL_SLOW_PATHS={functions.MKL_SLOW_PATHS}"
+    return (
+        f"numpy: {', '.join(numpy_blas) or 'unknown'}; torch {torch.__version__}: {torch_blas}; "
+        f"{routes}"
+    )
 
 
 def data(task: str):
@@ -186,6 +195,17 @@ def plain_products():
 
 
 @contextlib.contextmanager
+def slow_mkl_routes():
+    """Inside, ffn routes products as where MKL is off Intel's CPUs (numpy's, narrow transposed)."""
+    slow = functions.MKL_SLOW_PATHS
+    functions.MKL_SLOW_PATHS = True
+    try:
+        yield
+    finally:
+        functions.MKL_SLOW_PATHS = slow
+
+
+@contextlib.contextmanager
 def torch_lbfgs():
     """Inside, FlatLBFGS takes torch's own step (its numpy step needs a dtype it lists)."""
     import ffn.lbfgs
@@ -198,8 +218,14 @@ def torch_lbfgs():
         ffn.lbfgs._NUMPY_DTYPES = dtypes
 
 
-THIRD_ARMS = {"torch": torch_products, "plain": plain_products, "torch-lbfgs": torch_lbfgs}
+THIRD_ARMS = {
+    "torch": torch_products,
+    "plain": plain_products,
+    "slow-mkl": slow_mkl_routes,
+    "torch-lbfgs": torch_lbfgs,
+}
 THIRD_LABELS = {
+    "slow-mkl": "slow-MKL routes",
     "torch": "torch products",
     "plain": "plain products",
     "torch-lbfgs": "torch's LBFGS step",
@@ -286,6 +312,13 @@ def main() -> None:
         const="plain",
         dest="third",
         help="a third arm each round: ffn with every product torch's A @ B, none transposed",
+    )
+    third.add_argument(
+        "--slow-mkl-routes",
+        action="store_const",
+        const="slow-mkl",
+        dest="third",
+        help="a third arm each round: ffn with numpy's products and narrow ones transposed",
     )
     third.add_argument(
         "--torch-lbfgs",
