@@ -49,8 +49,8 @@ def manual_gradients(model: FeedForward, x: Tensor, y: Tensor, task: str) -> Ten
         saved = []  # what each hidden layer's g' is computed from: h or z
         h = x
         for weight, bias in params[:-1]:
-            z = linear_forward(h, weight, bias)
-            h = act.forward(z, param)
+            z = linear_forward(h, weight, bias)  # ours alone: g may write h into it
+            h = act.forward_in_place(z, param) if keep_output else act.forward(z, param)
             saved.append(h if keep_output else z)
             inputs.append(h)
         weight, bias = params[-1]
@@ -64,7 +64,7 @@ def manual_gradients(model: FeedForward, x: Tensor, y: Tensor, task: str) -> Ten
                 bias.grad = grad_b
             if i > 0:
                 # dz = dh * g'(saved), the Function's formula; grad_x is ours to multiply in place.
-                delta = grad_x.mul_(act.derivative(saved[i - 1], param))
+                delta = act.times_derivative_(grad_x, saved[i - 1], param)
     return loss
 
 

@@ -110,6 +110,29 @@ def test_activation_checks_in_every_mode(name, param, shape, seed):
     check_all_modes(lambda t: entry.function.apply(t, p), (z,))
 
 
+@pytest.mark.parametrize(("name", "param"), entry_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_in_place_kernels_equal_the_formulas(name, param, dtype):
+    """The graph-free step's in-place forward and dh * g' give the table's formulas' values
+    (torch.equal: bitwise but for a zero's sign), on exact zeros and negatives, a column-major
+    dh and stacked members; an entry's in-place forward writes into z itself."""
+    entry, p = ACTIVATIONS[name], resolved(ACTIVATIONS[name], param)
+    z = randn((3, 40, 7), 60, dtype, scale=2.0)
+    z[:, ::5] = 0.0
+    h = entry.forward(z, p)
+    saved = h if entry.saves == "output" else z
+    z_own = z.clone()
+    in_place = entry.forward_in_place(z_own, p)
+    assert torch.equal(in_place, h)
+    assert (in_place.data_ptr() == z_own.data_ptr()) == (entry.forward_ is not None)
+    for grad_h in (randn((3, 40, 7), 61, dtype), column_major(randn((3, 40, 7), 61, dtype))):
+        want = grad_h * entry.derivative(saved, p)
+        got = entry.times_derivative_(grad_h.clone(), saved, p)
+        assert torch.equal(got, want)
+        if entry.times_derivative_of is not None:  # torch's ReLU backward: autograd's value
+            torch.testing.assert_close(got, torch.ops.aten.threshold_backward(grad_h, h, 0))
+
+
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
 @given(n_d=shapes, out=st.integers(1, 6), seed=seeds)
 @example(n_d=(1, 1), out=1, seed=0)
