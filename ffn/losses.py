@@ -32,7 +32,7 @@ def native_mse(pred: Tensor, target: Tensor) -> Tensor:
 
 def _cross_entropy_and_delta(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     loss, probs = softmax_cross_entropy_forward(logits, target)
-    return loss, softmax_cross_entropy_backward(probs, target)
+    return loss, softmax_cross_entropy_backward(probs, target, into_probs=True)
 
 
 def _mse_and_delta(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

@@ -350,6 +350,31 @@ def test_softmax_cross_entropy_both_cpu_paths_match_torch(shape, composed, dtype
     torch.testing.assert_close(loss, F.cross_entropy(logits, target), **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(300, 10), (300, 2), (200, 10), (4, 300, 10), (4, 64, 3)])
+def test_graph_free_loss_and_delta_equal_the_formulas(shape, dtype):
+    """The step's loss and delta (written over their own intermediates) are bitwise the loss
+    alone and the backward of fresh probabilities (the composed softmax, or exp of torch's
+    log_softmax), on both CPU paths and stacked; logits untouched."""
+    from ffn.functions import (
+        _composed,
+        softmax,
+        softmax_cross_entropy_backward,
+        softmax_cross_entropy_value,
+    )
+    from ffn.losses import task_loss
+
+    logits = randn(shape, seed=7, scale=3.0).to(dtype)
+    target = torch.randint(shape[-1], shape[:-1], generator=torch.Generator().manual_seed(7))
+    before = logits.clone()
+    with torch.no_grad():
+        loss, delta = task_loss("classification").value_and_delta(logits, target)
+        assert torch.equal(logits, before)
+        assert torch.equal(loss, softmax_cross_entropy_value(logits, target))
+        probs = softmax(logits) if _composed(logits) else torch.log_softmax(logits, -1).exp()
+        assert torch.equal(delta, softmax_cross_entropy_backward(probs, target))
+
+
 def test_softmax_cross_entropy_composed_path_gradgradchecks():
     logits = randn((256, 3), seed=6, scale=3.0).requires_grad_()
     target = torch.randint(3, (256,), generator=torch.Generator().manual_seed(6))
