@@ -273,8 +273,8 @@ def _numpy_matmul(a: Tensor, b: Tensor) -> Tensor:
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b, column-major where MKL is faster at that, numpy's inside `numpy_products` (see
-    above).  (m, k), (k, n) -> (m, n)."""
+    """a @ b, column-major where MKL off Intel's CPUs is faster at that, numpy's inside an
+    enabled `numpy_products` (see above).  (m, k), (k, n) -> (m, n)."""
     if _numpy_blocks and _numpy_product(a, b):
         return _numpy_matmul(a, b)
     if _transposed(a, b):
@@ -287,7 +287,7 @@ def linear_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
     Stacked (an ensemble's E members, ffn/ensemble): x: (E, n, d), weight: (E, d, H),
     bias: (E, H) -> z: (E, n, H), each member's own formula in one baddbmm.
-    A narrow z (a few outputs: logits) comes back column-major (`matmul`).
+    A narrow z (a few outputs: logits) comes back column-major where `MKL_SLOW_PATHS` (`matmul`).
     """
     if bias is None:
         return matmul(x, weight)
