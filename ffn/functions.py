@@ -22,6 +22,7 @@ The module knows nothing of the activation table: `activations.py` calls
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -109,6 +110,8 @@ def cpu_vendor() -> str:
                     return line.partition(":")[2].strip()
     except OSError:
         pass
+    if sys.platform != "win32":  # elsewhere platform.processor() runs `uname -p`, no vendor
+        return ""
     import platform  # Windows names the vendor at the end ("... AuthenticAMD")
 
     words = platform.processor().split()
