@@ -361,8 +361,31 @@ def lbfgs_step(
         losses.append(loss)
         return objective
 
-    optimizer.step(closure)
+    direct = _direct_step(optimizer)
+    if direct is None:
+        optimizer.step(closure)
+        _STEPPED.add(optimizer)
+    else:
+        direct(optimizer, closure)
     return losses[0]
+
+
+def _direct_step(optimizer: torch.optim.Optimizer) -> Callable | None:
+    """FlatLBFGS's step without torch.optim's hook wrapper, where nothing else must see the
+    call: it has stepped through torch.optim once (an LR scheduler checks that), it has no step
+    hooks, and no one replaced its step on the instance but an LR scheduler's counter. The
+    wrapper (its profiler range, the hook loops) cost a digits L-BFGS fit ~50 us an iteration:
+    33 iterations, fits alternating in one process, medians of 30, Intel Xeon, 51.6 -> 49.8 ms
+    of CPU. The profiler's "Optimizer.step" range is skipped, as for the direct Adam update."""
+    if not (isinstance(optimizer, FlatLBFGS) and optimizer in _STEPPED):
+        return None
+    replaced = vars(optimizer).get("step")
+    if replaced is not None and not getattr(replaced, "_wrapped_by_lr_sched", False):
+        return None
+    step = type(optimizer).step
+    if _has_step_hooks(optimizer) or not getattr(step, "hooked", False):
+        return None
+    return step.__wrapped__
 
 
 class _Evaluation:

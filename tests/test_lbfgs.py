@@ -245,6 +245,42 @@ def test_flat_lbfgs_takes_torchs_steps(name: str) -> None:
         assert reference["func_evals"] > steps + reference["n_iter"]
 
 
+def test_lbfgs_step_skips_torchs_wrapper_only_where_nothing_needs_it(monkeypatch) -> None:
+    """After its first step through torch.optim, FlatLBFGS steps without torch.optim's hook
+    wrapper; a step hook or a replaced step sends every step through it again, an LR scheduler
+    sees the first step (no warning) and its rates are used; the same iterates either way."""
+    import warnings
+
+    from ffn.lbfgs import FlatLBFGS
+
+    wrapped = []  # calls of torch.optim's wrapper (it calls _optimizer_step_code once a step)
+    monkeypatch.setattr(FlatLBFGS, "_optimizer_step_code", lambda self: wrapped.append(self))
+    x, y = friedman_problem()
+    settings = OPTIMIZERS["lbfgs"].settings() | dict(tolerance_grad=1e-12, tolerance_change=0.0)
+    direct, ours, _, _ = flat_and_torch((5, [8], 1), settings)
+    hooked, theirs, _, _ = flat_and_torch((5, [8], 1), settings)
+    seen = []
+    theirs.register_step_pre_hook(lambda opt, args, kwargs: seen.append(opt))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()"
+        schedules = [torch.optim.lr_scheduler.ExponentialLR(o, 0.5) for o in (ours, theirs)]
+        for _ in range(4):
+            assert_same_iterate(
+                direct,
+                hooked,
+                lbfgs_step(direct, ours, None, x, y, "regression"),
+                lbfgs_step(hooked, theirs, None, x, y, "regression"),
+            )
+            for schedule in schedules:
+                schedule.step()
+    assert [o is ours for o in wrapped].count(True) == 1 and len(seen) == 4
+    assert [o is theirs for o in wrapped].count(True) == 4
+    assert ours.param_groups[0]["lr"] == settings["lr"] * 0.5**4
+    ours.step = lambda closure: wrapped.append(ours) or FlatLBFGS.step(ours, closure)
+    lbfgs_step(direct, ours, None, x, y, "regression")
+    assert [o is ours for o in wrapped].count(True) == 3  # the replacement and the wrapper
+
+
 def test_flat_lbfgs_state_carries_on_in_torchs_step() -> None:
     """After numpy steps, torch.optim.LBFGS loaded with FlatLBFGS's state_dict (vectors as
     tensors) takes the same next steps as FlatLBFGS, and so does FlatLBFGS falling back to
