@@ -9,7 +9,11 @@ layer_diagnostics.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -370,9 +374,11 @@ def test_figures_drawn_again_on_a_kept_figure_are_the_same_png(monkeypatch) -> N
 
 
 @pytest.mark.slow
-def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch) -> None:
+@pytest.mark.parametrize("helpers", [0, 1])
+def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch, helpers) -> None:
     """figure_worker.WAITING (the group's hold): requests of several greenlets in flight at
-    once, each answered with its own figure; the worker never waits on this process."""
+    once, each answered with its own figure; the worker never waits on this process. With a
+    helper (the ensemble's), the worker's fork draws some of them: the same bytes, in order."""
     np = pytest.importorskip("numpy")
     from greenlet import getcurrent, greenlet
 
@@ -399,10 +405,11 @@ def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch) 
             ),
         )
 
-    figure_worker.start(niceness=0)
+    figure_worker.start(niceness=0, helpers=helpers)
     monkeypatch.setattr(figure_worker, "WAITING", wait)
     try:
         assert figure_worker.ready(timeout=60)
+        assert len(_children(figure_worker._worker.pid)) == helpers
         members = [greenlet(draw) for _ in counts]
         results = [m.switch(c) for m, c in zip(members, counts, strict=True)]
         while not all(m.dead for m in members):
@@ -414,6 +421,46 @@ def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch) 
         figure_worker.stop()
     for c, (matrix, _) in zip(counts, results, strict=True):
         assert matrix == figures.render("confusion_matrix", {"counts": c})
+
+
+def _children(pid: int) -> list[int]:
+    """The processes `pid` has forked (Linux's /proc; none elsewhere)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_a_figure_workers_helper_gone_leaves_its_figures_to_the_worker(monkeypatch) -> None:
+    """A helper killed while it draws: the worker draws what it had been given, and every
+    answer still comes, in order, the same bytes."""
+    np = pytest.importorskip("numpy")
+    import threading
+
+    from ffn import figure_worker, figures
+
+    monkeypatch.setattr(figure_worker, "_drew_here", False)  # as in a fresh run's process
+    counts = [np.arange(k, k + 100).reshape(10, 10) for k in range(12)]
+    figure_worker.start(niceness=0, helpers=1)
+    try:
+        assert figure_worker.ready(timeout=60)
+        (helper,) = _children(figure_worker._worker.pid)
+        drawn: list = [None] * len(counts)
+
+        def ask(i: int) -> None:
+            drawn[i] = figure_worker.render("confusion_matrix", {"counts": counts[i]})
+
+        askers = [threading.Thread(target=ask, args=(i,)) for i in range(len(counts))]
+        for asker in askers:
+            asker.start()
+        while drawn[0] is None:  # the helper has the next ones in hand by now
+            time.sleep(0.01)
+        os.kill(helper, signal.SIGKILL)
+        for asker in askers:
+            asker.join(timeout=120)
+        assert figure_worker.running()  # the worker answered every request
+    finally:
+        figure_worker.stop()
+    assert drawn == [figures.render("confusion_matrix", {"counts": c}) for c in counts]
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["one-seed", "each-seed"])
