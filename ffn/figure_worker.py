@@ -269,30 +269,38 @@ def serve(requests: IO[bytes], replies: IO[bytes], helpers: int = 0) -> None:
     """Run each (task, args) read from `requests` and write (True, its result), or (False, the
     error's text) if it raised, to `replies`, in order, until `requests` ends.
 
-    With `helpers`, that many copies of this process, forked once the import is made (no
-    import of their own), draw requests that would wait behind another: an ensemble's members
-    ask for their figures all at once at its end (32 confusion matrices, ~70 ms each), and two
-    processes draw them in about half the time on two cores. A figure is the same bytes in
-    either (ffn.figures' reuse is byte for byte)."""
+    With `helpers`, that many copies of this process, forked once the import is made and the
+    first request drawn (no import of their own), draw requests that would wait behind
+    another: an ensemble's members ask for their figures all at once at its end (32 confusion
+    matrices, ~70 ms each), and two processes draw them in about half the time on two cores.
+    A figure is the same bytes in either (ffn.figures' reuse is byte for byte)."""
     importlib.import_module("ffn.figures")  # the import this process exists for, made first
-    forked = [h for h in (_fork_helper(replies) for _ in range(helpers)) if h is not None]
     pickle.dump("ready", replies)
     replies.flush()
-    if forked:
-        _serve_with(forked, requests, replies)
-    else:
-        _serve_alone(requests, replies)
+    if helpers:
+        # The first request (a run's `prepare`, when it has one) is drawn before the fork: the
+        # helpers then start with its figure kept, as this process does
+        if not _serve_alone(requests, replies, count=1):
+            return
+        forked = [h for h in (_fork_helper(replies) for _ in range(helpers)) if h is not None]
+        if forked:
+            _serve_with(forked, requests, replies)
+            return
+    _serve_alone(requests, replies)
 
 
-def _serve_alone(requests: IO[bytes], replies: IO[bytes]) -> None:
-    """Each request in turn, each answered before the next is read."""
-    while True:
+def _serve_alone(requests: IO[bytes], replies: IO[bytes], count: int | None = None) -> bool:
+    """Each request in turn, each answered before the next is read: `count` of them, or all.
+    False at the requests' end."""
+    while count is None or count > 0:
         try:
             task, args = pickle.load(requests)
         except EOFError:
-            return
+            return False
         pickle.dump(_reply(task, args), replies, protocol=pickle.HIGHEST_PROTOCOL)
         replies.flush()
+        count = None if count is None else count - 1
+    return True
 
 
 def _reply(task: str, args: tuple) -> tuple[bool, Any]:

@@ -409,7 +409,7 @@ def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch, 
     monkeypatch.setattr(figure_worker, "WAITING", wait)
     try:
         assert figure_worker.ready(timeout=60)
-        assert len(_children(figure_worker._worker.pid)) == helpers
+        worker = figure_worker._worker.pid
         members = [greenlet(draw) for _ in counts]
         results = [m.switch(c) for m, c in zip(members, counts, strict=True)]
         while not all(m.dead for m in members):
@@ -417,6 +417,7 @@ def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch, 
                 if not m.dead:
                     results[i] = m.switch(i == 0 or members[0].dead)
         assert figure_worker.running() and holds  # answered by the worker, while others went on
+        assert len(_children(worker)) == helpers  # forked once the first was drawn
     finally:
         figure_worker.stop()
     for c, (matrix, _) in zip(counts, results, strict=True):
@@ -443,7 +444,7 @@ def test_a_figure_workers_helper_gone_leaves_its_figures_to_the_worker(monkeypat
     figure_worker.start(niceness=0, helpers=1)
     try:
         assert figure_worker.ready(timeout=60)
-        (helper,) = _children(figure_worker._worker.pid)
+        worker = figure_worker._worker.pid
         drawn: list = [None] * len(counts)
 
         def ask(i: int) -> None:
@@ -452,8 +453,9 @@ def test_a_figure_workers_helper_gone_leaves_its_figures_to_the_worker(monkeypat
         askers = [threading.Thread(target=ask, args=(i,)) for i in range(len(counts))]
         for asker in askers:
             asker.start()
-        while drawn[0] is None:  # the helper has the next ones in hand by now
-            time.sleep(0.01)
+        while drawn[0] is None or not _children(worker):  # forked after the first, which
+            time.sleep(0.01)  # it drew alone: the helper has the next ones in hand by now
+        (helper,) = _children(worker)
         os.kill(helper, signal.SIGKILL)
         for asker in askers:
             asker.join(timeout=120)
