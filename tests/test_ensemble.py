@@ -569,3 +569,57 @@ def test_fused_members_step_bitwise_as_their_own_fused_step(cls, order, one_thre
         for key, state in theirs.items():
             for k, v in state.items():
                 assert mine[key][k].dtype == v.dtype and torch.equal(mine[key][k], v), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_confident_members_steps_equal_their_own_steps(dtype, one_thread) -> None:
+    """Stack.step of members whose softmax underflows (subnormal probabilities and deltas, which
+    the stack's gradients flush) and whose stacked logits, E n rows, take the composed softmax
+    where each member's own n take torch's kernel: each member's losses and parameters after
+    three steps are its own steps' within the issue's tolerance; subnormals are kept outside."""
+    from types import SimpleNamespace
+
+    from ffn.ensemble.group import Stack
+    from ffn.functions import _composed
+
+    e_, n, d, m = 8, 64, 8, 10
+    tol = {torch.float32: dict(rtol=1e-5, atol=1e-7), torch.float64: TOL}[dtype]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(e_, n, d, generator=g, dtype=dtype)
+    y = torch.randint(0, m, (e_, n), generator=g)
+    models, alone = [], []
+    for s in range(e_):
+        model = FeedForward(d, [16], m, seed=s, dtype=dtype)
+        with torch.no_grad():
+            # confident: logits tens (float32) or hundreds (float64) apart
+            model.layers[-1].weight.mul_(60.0 if dtype == torch.float32 else 1000.0)
+        models.append(model)
+        alone.append(FeedForward(d, [16], m, seed=s, dtype=dtype))
+        alone[-1].load_state_dict(model.state_dict())
+    probs = torch.softmax(alone[0](x[0]), -1)
+    assert ((probs > 0) & (probs < torch.finfo(dtype).tiny)).any()  # subnormal ones
+    assert _composed(torch.zeros(e_, n, m, dtype=dtype)) and not _composed(probs)
+    runs = [
+        SimpleNamespace(
+            model=mo,
+            optimizer=torch.optim.SGD(mo.parameters(), lr=0.01 * (1 + s % 3)),
+            penalty=Penalty(),
+            task="classification",
+            data=SimpleNamespace(x_train=x[s], y_train=y[s]),
+        )
+        for s, mo in enumerate(models)
+    ]
+    own = [torch.optim.SGD(a.parameters(), lr=0.01 * (1 + s % 3)) for s, a in enumerate(alone)]
+    stack = Stack(runs)
+    orders = [torch.randperm(n, generator=g) for _ in range(e_)]
+    for start in (0, 32, 0):
+        losses = stack.step(orders, start, 32)
+        for s, (a, opt) in enumerate(zip(alone, own, strict=True)):
+            rows = orders[s][start : start + 32]
+            loss = manual_gradients(a, x[s][rows], y[s][rows], "classification")
+            opt.step()
+            torch.testing.assert_close(losses[s], loss, **tol)
+    for s, a in enumerate(alone):
+        for p, q in zip(stack.net.parameters(), a.parameters(), strict=True):
+            torch.testing.assert_close(p[s], q, **tol)
+    assert (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() != 0.0  # not flushed here
