@@ -387,11 +387,8 @@ def _check_labels(target: Tensor) -> None:
 # one fused kernel wins ((32, 2) 1.9 us against 11; (1168, 100) 88 against 198), so those keep it,
 # as do other devices and the reduced precisions autocast feeds in; in float64, 8+ classes pay
 # from 128 rows ((200, 10) the loss and its delta 43 us against 35, (128, 10) 32 against 31;
-# (200, 3) 24 against 33 stays torch's). Stacked ensemble members (E, n, M) count all their E n
-# rows, as the kernel would see them: 32 digits members' minibatch (32, 64, 10), the loss and
-# softmax, 303 us through torch's kernel against 88 composed (Intel Xeon, one thread), while
-# each member's own (64, 10) keeps the kernel; the two agree to rounding, as the stacked and
-# the single products do (tests/test_ensemble.py: the members' steps, float32 and float64).
+# (200, 3) 24 against 33 stays torch's). The choice depends on a member's rows only, so stacked
+# ensemble members take the path their single runs take.
 _COMPOSED_DTYPES = (torch.float32, torch.float64)
 _COMPOSED_CLASSES = range(3, 33)
 _COMPOSED_MIN_ROWS = 256
@@ -410,8 +407,6 @@ def _composed(logits: Tensor) -> bool:
     ):
         return False
     rows, classes = shape[-2], shape[-1]
-    if len(shape) == 3:  # an ensemble's stacked members (E, n, M): one kernel over all E n rows
-        rows *= shape[0]
     return rows >= _COMPOSED_MIN_ROWS or (
         logits.dtype == torch.float64
         and rows >= _COMPOSED_MIN_ROWS_FLOAT64
