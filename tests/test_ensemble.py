@@ -340,6 +340,8 @@ def test_figures_drawn_again_on_a_kept_figure_are_the_same_png(monkeypatch) -> N
     """A member's confusion matrix or decision regions drawn on the Figure an earlier member's
     were drawn on (ffn.figures' reuse) is byte for byte the PNG of a new Figure."""
     np = pytest.importorskip("numpy")
+    from matplotlib.figure import Figure
+
     from ffn import figures
 
     gen = np.random.default_rng(0)
@@ -363,11 +365,17 @@ def test_figures_drawn_again_on_a_kept_figure_are_the_same_png(monkeypatch) -> N
                 np.array([[0, 12], [5, 0]]),
             )
         ),
+        *(  # ten classes: the zeros and some counts recur, their texts replayed
+            ("confusion_matrix", dict(counts=np.diag(d) + np.eye(10, k=1, dtype=np.int64) * k))
+            for d, k in ((np.arange(10, 20), 0), (np.arange(15, 25), 3), (np.arange(10, 20), 3))
+        ),
     ]
     kept: dict = {}
     monkeypatch.setattr(figures, "_KEPT", kept)
     again = [figures.render(name, arrays) for name, arrays in drawings]
-    assert len(kept) == 2  # one Figure a kind of axes, drawn again for the later members
+    assert len(kept) == 3  # one Figure a kind of axes, drawn again for the later members
+    # each drawn fresh, on matplotlib's own canvas (savefig makes one a call: nothing replayed)
+    monkeypatch.setattr(figures, "_figure", Figure)
     for (name, arrays), png in zip(drawings, again, strict=True):
         kept.clear()
         assert figures.render(name, arrays) == png, name
