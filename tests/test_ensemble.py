@@ -9,7 +9,11 @@ layer_diagnostics.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -336,6 +340,8 @@ def test_figures_drawn_again_on_a_kept_figure_are_the_same_png(monkeypatch) -> N
     """A member's confusion matrix or decision regions drawn on the Figure an earlier member's
     were drawn on (ffn.figures' reuse) is byte for byte the PNG of a new Figure."""
     np = pytest.importorskip("numpy")
+    from matplotlib.figure import Figure
+
     from ffn import figures
 
     gen = np.random.default_rng(0)
@@ -359,20 +365,28 @@ def test_figures_drawn_again_on_a_kept_figure_are_the_same_png(monkeypatch) -> N
                 np.array([[0, 12], [5, 0]]),
             )
         ),
+        *(  # ten classes: the zeros and some counts recur, their texts replayed
+            ("confusion_matrix", dict(counts=np.diag(d) + np.eye(10, k=1, dtype=np.int64) * k))
+            for d, k in ((np.arange(10, 20), 0), (np.arange(15, 25), 3), (np.arange(10, 20), 3))
+        ),
     ]
     kept: dict = {}
     monkeypatch.setattr(figures, "_KEPT", kept)
     again = [figures.render(name, arrays) for name, arrays in drawings]
-    assert len(kept) == 2  # one Figure a kind of axes, drawn again for the later members
+    assert len(kept) == 3  # one Figure a kind of axes, drawn again for the later members
+    # each drawn fresh, on matplotlib's own canvas (savefig makes one a call: nothing replayed)
+    monkeypatch.setattr(figures, "_figure", Figure)
     for (name, arrays), png in zip(drawings, again, strict=True):
         kept.clear()
         assert figures.render(name, arrays) == png, name
 
 
 @pytest.mark.slow
-def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch) -> None:
+@pytest.mark.parametrize("helpers", [0, 1])
+def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch, helpers) -> None:
     """figure_worker.WAITING (the group's hold): requests of several greenlets in flight at
-    once, each answered with its own figure; the worker never waits on this process."""
+    once, each answered with its own figure; the worker never waits on this process. With a
+    helper (the ensemble's), the worker's fork draws some of them: the same bytes, in order."""
     np = pytest.importorskip("numpy")
     from greenlet import getcurrent, greenlet
 
@@ -399,10 +413,11 @@ def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch) 
             ),
         )
 
-    figure_worker.start(niceness=0)
+    figure_worker.start(niceness=0, helpers=helpers)
     monkeypatch.setattr(figure_worker, "WAITING", wait)
     try:
         assert figure_worker.ready(timeout=60)
+        worker = figure_worker._worker.pid
         members = [greenlet(draw) for _ in counts]
         results = [m.switch(c) for m, c in zip(members, counts, strict=True)]
         while not all(m.dead for m in members):
@@ -410,10 +425,52 @@ def test_members_waiting_on_the_figure_worker_let_the_others_go_on(monkeypatch) 
                 if not m.dead:
                     results[i] = m.switch(i == 0 or members[0].dead)
         assert figure_worker.running() and holds  # answered by the worker, while others went on
+        assert len(_children(worker)) == helpers  # forked once the first was drawn
     finally:
         figure_worker.stop()
     for c, (matrix, _) in zip(counts, results, strict=True):
         assert matrix == figures.render("confusion_matrix", {"counts": c})
+
+
+def _children(pid: int) -> list[int]:
+    """The processes `pid` has forked (Linux's /proc; none elsewhere)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_a_figure_workers_helper_gone_leaves_its_figures_to_the_worker(monkeypatch) -> None:
+    """A helper killed while it draws: the worker draws what it had been given, and every
+    answer still comes, in order, the same bytes."""
+    np = pytest.importorskip("numpy")
+    import threading
+
+    from ffn import figure_worker, figures
+
+    monkeypatch.setattr(figure_worker, "_drew_here", False)  # as in a fresh run's process
+    counts = [np.arange(k, k + 100).reshape(10, 10) for k in range(12)]
+    figure_worker.start(niceness=0, helpers=1)
+    try:
+        assert figure_worker.ready(timeout=60)
+        worker = figure_worker._worker.pid
+        drawn: list = [None] * len(counts)
+
+        def ask(i: int) -> None:
+            drawn[i] = figure_worker.render("confusion_matrix", {"counts": counts[i]})
+
+        askers = [threading.Thread(target=ask, args=(i,)) for i in range(len(counts))]
+        for asker in askers:
+            asker.start()
+        while drawn[0] is None or not _children(worker):  # forked after the first, which
+            time.sleep(0.01)  # it drew alone: the helper has the next ones in hand by now
+        (helper,) = _children(worker)
+        os.kill(helper, signal.SIGKILL)
+        for asker in askers:
+            asker.join(timeout=120)
+        assert figure_worker.running()  # the worker answered every request
+    finally:
+        figure_worker.stop()
+    assert drawn == [figures.render("confusion_matrix", {"counts": c}) for c in counts]
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["one-seed", "each-seed"])
@@ -520,3 +577,54 @@ def test_fused_members_step_bitwise_as_their_own_fused_step(cls, order, one_thre
         for key, state in theirs.items():
             for k, v in state.items():
                 assert mine[key][k].dtype == v.dtype and torch.equal(mine[key][k], v), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_confident_members_steps_equal_their_own_steps(dtype, one_thread) -> None:
+    """Stack.step of members whose softmax underflows (subnormal probabilities and deltas, which
+    the stack's gradients flush): each member's losses and parameters after three steps are its
+    own steps' within the issue's tolerance; subnormals are kept outside the step."""
+    from types import SimpleNamespace
+
+    from ffn.ensemble.group import Stack
+
+    e_, n, d, m = 8, 64, 8, 10
+    tol = {torch.float32: dict(rtol=1e-5, atol=1e-7), torch.float64: TOL}[dtype]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(e_, n, d, generator=g, dtype=dtype)
+    y = torch.randint(0, m, (e_, n), generator=g)
+    models, alone = [], []
+    for s in range(e_):
+        model = FeedForward(d, [16], m, seed=s, dtype=dtype)
+        with torch.no_grad():
+            # confident: logits tens (float32) or hundreds (float64) apart
+            model.layers[-1].weight.mul_(60.0 if dtype == torch.float32 else 1000.0)
+        models.append(model)
+        alone.append(FeedForward(d, [16], m, seed=s, dtype=dtype))
+        alone[-1].load_state_dict(model.state_dict())
+    probs = torch.softmax(alone[0](x[0]), -1)
+    assert ((probs > 0) & (probs < torch.finfo(dtype).tiny)).any()  # subnormal ones
+    runs = [
+        SimpleNamespace(
+            model=mo,
+            optimizer=torch.optim.SGD(mo.parameters(), lr=0.01 * (1 + s % 3)),
+            penalty=Penalty(),
+            task="classification",
+            data=SimpleNamespace(x_train=x[s], y_train=y[s]),
+        )
+        for s, mo in enumerate(models)
+    ]
+    own = [torch.optim.SGD(a.parameters(), lr=0.01 * (1 + s % 3)) for s, a in enumerate(alone)]
+    stack = Stack(runs)
+    orders = [torch.randperm(n, generator=g) for _ in range(e_)]
+    for start in (0, 32, 0):
+        losses = stack.step(orders, start, 32)
+        for s, (a, opt) in enumerate(zip(alone, own, strict=True)):
+            rows = orders[s][start : start + 32]
+            loss = manual_gradients(a, x[s][rows], y[s][rows], "classification")
+            opt.step()
+            torch.testing.assert_close(losses[s], loss, **tol)
+    for s, a in enumerate(alone):
+        for p, q in zip(stack.net.parameters(), a.parameters(), strict=True):
+            torch.testing.assert_close(p[s], q, **tol)
+    assert (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() != 0.0  # not flushed here

@@ -10,6 +10,7 @@ no group runs alone, as the basic launcher would run it. Discovered by Hydra in 
 # No `from __future__ import annotations`: Hydra's plugin scan runs this module before it is in
 # sys.modules, where a dataclass with string annotations cannot resolve them.
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,8 +94,9 @@ class EnsembleLauncher(Launcher):
 
                 if any(configs[i].trainer.figures for i in group):
                     # Its members' figures are most of the group's end, drawn while it waits:
-                    # the worker gets the machine's share a run gets, not a background one
-                    figure_worker.start(niceness=0)
+                    # the worker gets the machine's share a run gets, not a background one, and
+                    # a helper on another core, where there is one, draws every other figure
+                    figure_worker.start(niceness=0, helpers=int((os.cpu_count() or 1) > 1))
                 launches = [lambda c=configs[i]: self._run(c) for i in group]
                 for i, ret in zip(group, Group().run(launches), strict=True):
                     returns[i] = ret
