@@ -31,7 +31,13 @@ from ffn.losses import loss_function
 from ffn.metrics import accuracy, evaluate, gradient_norm, split_values
 from ffn.model import FeedForward
 from ffn.progress import TIMING_PHASES
-from ffn.run_logger import HISTOGRAM_BINS, SATURATION_MARGIN, RunLogger, layer_diagnostics
+from ffn.run_logger import (
+    HISTOGRAM_BINS,
+    SATURATION_MARGIN,
+    RunLogger,
+    activation_health,
+    layer_diagnostics,
+)
 from ffn.run_record import DIAGNOSTICS_EVENTS, EVENT_FOLDERS, METRICS_EVENTS
 from ffn.train import Run, train
 
@@ -283,6 +289,8 @@ def test_layer_diagnostics_are_bitwise_the_per_tensor_formulas(activation, dtype
     for tag, value in want.items():
         assert got[tag].dtype == value.dtype and torch.equal(got[tag], value), tag
     assert got["sparsity/layer_0"] > 0 and got[f"{model.activation.health}/layer_1"] > 0
+    z = preactivations[0].clone().requires_grad_()  # as an autograd forward leaves it
+    assert torch.equal(activation_health(model, z), activation_health(model, z.detach()))
     model.zero_grad(set_to_none=True)  # before a first step: no gradient norms, the rest as ever
     fresh = layer_diagnostics(model, preactivations)
     assert not any(tag.startswith("grad_norm/") for tag in fresh)
