@@ -145,22 +145,36 @@ def _value_prefix(tag: str) -> bytes:
     return b"\x0a" + _varint(len(body) + 4) + body
 
 
+@functools.lru_cache(maxsize=256)
+def _summary_layout(tags: tuple[str, ...]) -> tuple[struct.Struct, tuple[bytes, ...], bytes]:
+    """A Summary of these tags' simple values: its struct (each value's prefix, then its
+    float32), the prefixes, and the Event's field 5 key with the Summary's length."""
+    prefixes = tuple(_value_prefix(tag) for tag in tags)
+    layout = struct.Struct("<" + "".join(f"{len(prefix)}sf" for prefix in prefixes))
+    return layout, prefixes, b"\x2a" + _varint(layout.size)
+
+
 def scalar_event(values: Sequence[tuple[str, float]], step: int, wall_time: float) -> bytes:
     """Event(wall_time=..., step=..., summary=Summary(value=[Summary.Value(tag, simple_value)
     ...])).SerializeToString(), byte for byte, written out directly: fields in number order,
     Event's proto3 step and wall_time left out when zero, each float rounded to float32 as
     protobuf rounds it (overflow to inf, NaN kept). tests/test_event_file.py compares it with
     protobuf's serializer for every kind of tag, value and step."""
-    with np.errstate(over="ignore"):  # beyond float32: inf, as protobuf stores it
-        floats = np.array([v for _, v in values], np.float64).astype(np.float32).tobytes()
-    summary = b"".join(
-        _value_prefix(tag) + floats[4 * i : 4 * i + 4] for i, (tag, _) in enumerate(values)
-    )
+    layout, prefixes, summary_key = _summary_layout(tuple([tag for tag, _ in values]))
+    fields: list[bytes | float] = []
+    for prefix, (_, value) in zip(prefixes, values, strict=True):
+        fields += (prefix, value)
+    try:  # struct rounds to float32 as numpy and protobuf do (one pack: 2.5 us for 15, not 7)
+        summary = layout.pack(*fields)
+    except OverflowError:  # beyond float32, which struct refuses: inf, as protobuf stores it
+        with np.errstate(over="ignore"):
+            floats = np.array([v for _, v in values], np.float64).astype(np.float32).tobytes()
+        summary = b"".join(p + floats[4 * i : 4 * i + 4] for i, p in enumerate(prefixes))
     time_bits = struct.pack("<d", wall_time)
     head = b"\x09" + time_bits if time_bits != bytes(8) else b""  # field 1, double
     if step:
         head += b"\x10" + _varint(step)  # field 2, int64
-    return head + b"\x2a" + _varint(len(summary)) + summary  # field 5, the Summary
+    return head + summary_key + summary  # field 5, the Summary
 
 
 # --------------------------------------------------------------------------- the file

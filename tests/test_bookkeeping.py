@@ -28,10 +28,16 @@ from ffn.config import Config, validate
 from ffn.data.shipped import _digits_file, small_integer_csv
 from ffn.data.shuffle_split import train_test_split
 from ffn.losses import loss_function
-from ffn.metrics import evaluate, gradient_norm
+from ffn.metrics import accuracy, evaluate, gradient_norm, split_values
 from ffn.model import FeedForward
 from ffn.progress import TIMING_PHASES
-from ffn.run_logger import HISTOGRAM_BINS, SATURATION_MARGIN, RunLogger, layer_diagnostics
+from ffn.run_logger import (
+    HISTOGRAM_BINS,
+    SATURATION_MARGIN,
+    RunLogger,
+    activation_health,
+    layer_diagnostics,
+)
 from ffn.run_record import DIAGNOSTICS_EVENTS, EVENT_FOLDERS, METRICS_EVENTS
 from ffn.train import Run, train
 
@@ -204,6 +210,40 @@ def test_evaluation_is_bitwise_the_functions_forward(activation: str, task: str)
     assert all(torch.equal(z, w) for z, w in zip(preactivations, want_pre, strict=True))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_accuracy_is_the_argmax_formula_in_any_layout(dtype) -> None:
+    """accuracy reads max's indices: argmax's on ties (the first), NaN, infinities, in the
+    column-major layout a narrow product leaves, and under vmap (the ensemble's)."""
+    gen = torch.Generator().manual_seed(0)
+    for n, m in [(1, 1), (7, 3), (300, 10), (1168, 10), (50, 40)]:
+        logits = torch.randint(-2, 2, (n, m), generator=gen).to(dtype)  # many ties
+        draw = torch.rand(n, m, generator=gen)
+        logits[draw < 0.05] = torch.nan
+        logits[(draw > 0.05) & (draw < 0.1)] = torch.inf
+        logits[(draw > 0.1) & (draw < 0.15)] = -torch.inf
+        target = torch.randint(0, m, (n,), generator=gen)
+        for layout in (logits, logits.mT.contiguous().mT, logits[:, ::2]):
+            want = (layout.argmax(1) == target).mean(dtype=dtype)  # the formula as it was
+            assert torch.equal(accuracy(layout, target), want)
+        stacked = torch.stack([logits, logits.flip(0)])
+        targets = torch.stack([target, target])
+        want = torch.stack([(s.argmax(1) == target).mean(dtype=dtype) for s in stacked])
+        assert torch.equal(torch.vmap(accuracy)(stacked, targets), want)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_split_values_are_evaluates_without_the_copy(task: str) -> None:
+    gen = torch.Generator().manual_seed(3)
+    model = FeedForward(64, [128], 10, seed=1)  # digits' shapes: a column-major output
+    x = torch.randn(1168, 64, generator=gen)
+    y = torch.randint(0, 10, (1168,), generator=gen) if task == "classification" else x[:, :10]
+    values, out, pre = split_values(model, x, y, task)
+    want_values, want_out, want_pre = evaluate(model, x, y, task)
+    assert want_out.is_contiguous() and torch.equal(out, want_out)
+    assert all(torch.equal(values[k], want_values[k]) for k in want_values)
+    assert all(torch.equal(z, w) for z, w in zip(pre, want_pre, strict=True))
+
+
 def _per_tensor_diagnostics(model: FeedForward, preactivations: list) -> dict:
     """layer_diagnostics and gradient_norm as they were computed before the foreach norms: one
     kernel chain per tensor, the fractions through .double().mean()."""
@@ -236,6 +276,7 @@ def test_layer_diagnostics_are_bitwise_the_per_tensor_formulas(activation, dtype
     model = FeedForward(5, [7, 6], 3, activation=activation, seed=1, dtype=dtype)
     with torch.no_grad():
         model.layers[0].weight[:2] = 0  # a lasso's zeros
+        model.layers[0].weight[2, :3] = -0.0  # zeros too
         model.layers[1].bias.fill_(-50.0)  # dead or saturated units
     x = torch.randn(300, 5, generator=gen, dtype=dtype)
     y = torch.randint(0, 3, (300,), generator=gen)
@@ -248,6 +289,8 @@ def test_layer_diagnostics_are_bitwise_the_per_tensor_formulas(activation, dtype
     for tag, value in want.items():
         assert got[tag].dtype == value.dtype and torch.equal(got[tag], value), tag
     assert got["sparsity/layer_0"] > 0 and got[f"{model.activation.health}/layer_1"] > 0
+    z = preactivations[0].clone().requires_grad_()  # as an autograd forward leaves it
+    assert torch.equal(activation_health(model, z), activation_health(model, z.detach()))
     model.zero_grad(set_to_none=True)  # before a first step: no gradient norms, the rest as ever
     fresh = layer_diagnostics(model, preactivations)
     assert not any(tag.startswith("grad_norm/") for tag in fresh)
