@@ -190,7 +190,7 @@ _NUMPY_DTYPES = (torch.float64,)
 # 2**18 on all but outer products and gemv; from 2**15 the deep ones, inner dimension 32+, with
 # 16+ rows ((200, 10) @ (10, 64) and (10, 200) @ (200, 64) were 12 and 5 us slower in a step).
 _NUMPY_ALWAYS, _NUMPY_MIN = 2**18, 2**15
-_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
+PLAIN_TENSORS = (Tensor, torch.nn.Parameter)  # no subclass: what numpy may read in place
 
 
 @contextlib.contextmanager
@@ -246,7 +246,7 @@ def _numbers_only(t: Tensor) -> bool:
     """t's numbers are all a product needs: a plain CPU tensor that autograd need not follow."""
     return (
         t.is_cpu
-        and type(t) in _PLAIN_TENSORS
+        and type(t) in PLAIN_TENSORS
         and not (t.requires_grad and torch.is_grad_enabled())
         and not torch._C._functorch.is_functorch_wrapped_tensor(t)
         and not torch._C._functorch.is_legacy_batchedtensor(t)

@@ -18,6 +18,7 @@ from torch import Tensor
 from ffn import figure_arrays, figure_worker, run_record
 from ffn.event_file import EventFile, text_summary
 from ffn.figure_worker import Rendered
+from ffn.functions import PLAIN_TENSORS
 from ffn.hparams import (
     HEADLINE_TAGS,
     HParamValue,
@@ -235,7 +236,6 @@ def activation_health(model: FeedForward, z: Tensor) -> Tensor | None:
 # is two kernels, about 22 us a weight between the epoch's steps (16 hot), numpy's comparison and
 # count about 5 there (1.5 hot) and the 0-dim tensor 4 (thread CPU, Intel Xeon)
 _HOST_DTYPES = (torch.float32, torch.float64)
-_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 
 
 def _on_host(t: Tensor) -> bool:
@@ -244,7 +244,7 @@ def _on_host(t: Tensor) -> bool:
     return (
         t.is_cpu
         and t.dtype in _HOST_DTYPES
-        and type(t) in _PLAIN_TENSORS
+        and type(t) in PLAIN_TENSORS
         and not torch._C._functorch.is_functorch_wrapped_tensor(t)
         and t.numel() > 0
     )
