@@ -58,8 +58,8 @@ def evaluate(
 def split_values(
     model: FeedForward, x: Tensor, y: Tensor, task: str
 ) -> tuple[dict[str, Tensor], Tensor, list[Tensor]]:
-    """`evaluate`'s values, its output as the forward left it (a narrow one column-major:
-    functions.matmul), the pre-activations: what an epoch's evaluation needs."""
+    """`evaluate`'s values, its output as the forward left it (a narrow one column-major
+    where functions.MKL_SLOW_PATHS), the pre-activations: what an epoch's evaluation needs."""
     loss_of = loss_function(task, model.backend)  # refuses an unknown task
     if model.backend == "manual":
         out, preactivations = formula_forward(model, x)
