@@ -198,19 +198,14 @@ def numpy_products(enabled: bool = True) -> Iterator[None]:
     """Inside, `matmul` and `linear_forward` multiply CPU float64 matrices with numpy's BLAS."""
     global _numpy_blocks
     token = _NUMPY_PRODUCTS.set(enabled)
-    if not enabled:  # only open blocks need counting: False is what the context var then reads
-        try:
-            yield
-        finally:
-            _NUMPY_PRODUCTS.reset(token)
-        return
+    counted = 1 if enabled else 0  # only enabled blocks are counted: a disabled one costs nothing
     with _numpy_blocks_lock:
-        _numpy_blocks += 1
+        _numpy_blocks += counted
     try:
         yield
     finally:
         with _numpy_blocks_lock:
-            _numpy_blocks -= 1
+            _numpy_blocks -= counted
         _NUMPY_PRODUCTS.reset(token)
 
 

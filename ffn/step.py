@@ -49,8 +49,10 @@ def manual_gradients(model: FeedForward, x: Tensor, y: Tensor, task: str) -> Ten
         saved = []  # what each hidden layer's g' is computed from: h or z
         h = x
         for weight, bias in params[:-1]:
-            z = linear_forward(h, weight, bias)  # ours alone: g may write h into it
-            h = act.forward_in_place(z, param) if keep_output else act.forward(z, param)
+            # z is ours alone: g may write h into it (only an entry whose g' reads h has an
+            # in-place forward, Activation.__post_init__ makes sure)
+            z = linear_forward(h, weight, bias)
+            h = act.forward_in_place(z, param)
             saved.append(h if keep_output else z)
             inputs.append(h)
         weight, bias = params[-1]
