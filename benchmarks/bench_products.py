@@ -2,9 +2,11 @@
 
 Two tables, one thread each (torch's and numpy's BLAS):
 
-- per product: `functions.matmul(a, b)` outside and inside `functions.numpy_products()`, at the
-  shapes the estimators' benchmark multiplies (a: (rows, inner), b: (inner, columns)), and which
-  one the rule in `functions._numpy_product` picks;
+- per product: `functions.matmul(a, b)` outside and inside `functions.numpy_products()`, and
+  torch's transposed product `(b^T a^T)^T` (what `functions.matmul` computes for a narrow
+  product where `functions.MKL_SLOW_PATHS`), at the shapes the estimators' benchmark multiplies
+  (a: (rows, inner), b: (inner, columns)) and a few narrow ones, and which one the rule in
+  `functions._numpy_product` picks;
 - per training step: `ffn.step.train_step` (Adam) on each benchmark's batch shape, the two
   settings interleaved step by step, so that load from other jobs falls on both alike.
 
@@ -46,6 +48,8 @@ PRODUCTS = [  # (rows, inner, columns): the digits MLP's and the friedman1 MLP's
     (10, 5000, 64),
     (5000, 64, 1),
     (5000, 1, 64),
+    (1797, 64, 4),  # narrow products: the transposed column
+    (5000, 10, 2),
 ]
 STEPS = [  # (task, batch rows, features, outputs): the estimators' benchmark configurations
     ("classification", 200, 64, 10),
@@ -56,7 +60,10 @@ STEPS = [  # (task, batch rows, features, outputs): the estimators' benchmark co
 
 
 def product_table(dtype: torch.dtype) -> None:
-    print(f"{'rows x inner x columns':>24} {'torch us':>9} {'numpy us':>9}  rule picks")
+    print(
+        f"{'rows x inner x columns':>24} {'torch us':>9} {'numpy us':>9} {'transposed us':>14}"
+        "  rule picks"
+    )
     generator = torch.Generator().manual_seed(0)
     for rows, inner, columns in PRODUCTS:
         a = torch.randn(rows, inner, generator=generator, dtype=dtype)
@@ -69,8 +76,13 @@ def product_table(dtype: torch.dtype) -> None:
                 best = min(timeit.repeat(product, number=number, repeat=5))
                 times.append(best / number * 1e6)
                 picked = numpy and functions._numpy_product(a, b)
+        transposed = functools.partial(lambda a, b: (b.mT @ a.mT).mT, a, b)
+        times.append(min(timeit.repeat(transposed, number=number, repeat=5)) / number * 1e6)
         shape = f"{rows} x {inner} x {columns}"
-        print(f"{shape:>24} {times[0]:9.1f} {times[1]:9.1f}  {'numpy' if picked else 'torch'}")
+        print(
+            f"{shape:>24} {times[0]:9.1f} {times[1]:9.1f} {times[2]:14.1f}"
+            f"  {'numpy' if picked else 'torch'}"
+        )
 
 
 def step_table(dtype: torch.dtype, steps: int) -> None:
@@ -109,6 +121,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(1)
     print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; {args.dtype}, one thread each")
+    print(f"CPU vendor {functions.cpu_vendor()!r}, MKL_SLOW_PATHS={functions.MKL_SLOW_PATHS}")
     with threadpool_limits(1):
         product_table(dtype)
         step_table(dtype, args.steps)

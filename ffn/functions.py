@@ -140,7 +140,8 @@ MKL_SLOW_PATHS = mkl_slow_paths(cpu_vendor(), torch.backends.mkl.is_available())
 # the faster at nearly every one of these shapes (matmul, float64, us, plain -> transposed:
 # (200, 64) B (64, 10) 6.5 -> 8.7, (1797, 64) B (64, 10) 48 -> 49, B (64, 4) 29 -> 113, (5000,
 # 10) B (10, 2) 16 -> 55; float32 (1797, 64) B (64, 4) 30 -> 136; stacked, 32 members, float32,
-# (64, 128) B (128, 10) 0.074 -> 0.089 ms, (1150, 128) B (128, 10) 1.46 -> 1.66; load 1.4, an
+# (64, 128) B (128, 10) 0.074 -> 0.089 ms, (1150, 128) B (128, 10) 1.46 -> 1.66; load 1.4; the 2-D
+# ones by `python benchmarks/bench_products.py` (its "transposed" column), the stacked ones by an
 # ad hoc timeit script): there the transposition is off (`MKL_SLOW_PATHS`).
 _NARROW_COLUMNS = range(2, 16)
 _TRANSPOSED_MIN_ROWS = 64
