@@ -426,71 +426,72 @@ def _check_labels(target: Tensor) -> None:
         )
 
 
-# torch's log_softmax and softmax kernels on the CPU vectorise along a row: with a few classes
-# (3 <= M <= 32) and many rows they cost 2-4x the same max-shifted formula as five elementwise and
-# reduction kernels (one thread, this repo's AMD EPYC: (1168, 10) float32 181 us against 48;
-# (256, 8) 32 against 17). On a minibatch (under 256 rows), with two classes or with many, torch's
-# one fused kernel wins ((32, 2) 1.9 us against 11; (1168, 100) 88 against 198), so those keep it,
-# as do other devices and the reduced precisions autocast feeds in; in float64, 8+ classes pay
-# from 128 rows ((200, 10) the loss and its delta 43 us against 35, (128, 10) 32 against 31;
-# (200, 3) 24 against 33 stays torch's). The choice depends on a member's rows only, so stacked
-# ensemble members take the path their single runs take.
-_COMPOSED_DTYPES = (torch.float32, torch.float64)
-_COMPOSED_CLASSES = range(3, 33)
-_COMPOSED_MIN_ROWS = 256
-_COMPOSED_MIN_ROWS_FLOAT64, _COMPOSED_MIN_CLASSES_FLOAT64 = 128, 8
+# torch's log_softmax and softmax kernels on the CPU vectorise along a row of classes, which with
+# a few classes is shorter than a vector: then they cost 10-20 ns an element. Applied along the
+# classes as a non-last dim (on logits.mT, dim -2, whose contiguous case is a column-major z) the
+# same kernel vectorises across rows instead (one thread, AMD EPYC, us, torch's row kernel -> along
+# the classes: float32 (64, 10) 9.4 -> 4.1, (1168, 10) 143 -> 9.6, (256, 3) 8.5 -> 4.0, stacked
+# (32, 64, 10) 253 -> 16, (32, 1168, 10) 4616 -> 135; float64 (1168, 16) 114 -> 19; from a
+# row-major z: float32 (256, 10) 28.9 -> 5.3, float64 (256, 16) 26.5 -> 14.2). It wins from
+# about 512 logits; below that, and on a row-major float32 z with 16+ classes (a whole vector a
+# row: (1168, 16) 13.4 -> 19.6) or over 32 classes, torch's row kernel stays; a column-major z
+# (a narrow product where MKL_SLOW_PATHS) takes the class path whenever it has 2-32 classes
+# ((1168, 32) 35.9 -> 14.0). The values are the kernel's formula either way (max-shifted, rounding
+# apart: tests/test_functions.py), the same for a member stacked and alone (the rule reads the
+# layout and size only, and both kernels give a member what it gives alone).
+_BY_CLASS_DTYPES = (torch.float32, torch.float64)
+_BY_CLASS_CLASSES = range(2, 33)
+_BY_CLASS_MIN_LOGITS = 512
+_ROW_KERNEL_FLOAT32_FROM_CLASSES = 16
 
 
-def _composed(logits: Tensor) -> bool:
-    # The class count first (two classes, the tiny step's, fail there), is_cpu rather than
-    # device.type (which builds a torch.device): this runs every step.
+def _by_class(logits: Tensor) -> bool:
+    """Softmax along the classes as a non-last dim (logits.mT, dim -2)?  logits: (..., n, M)."""
+    # The class count first (two classes, the tiny step's, fail on the size there), is_cpu
+    # rather than device.type (which builds a torch.device): this runs every step.
     shape = logits.shape
     if not (
         len(shape) >= 2
-        and shape[-1] in _COMPOSED_CLASSES
+        and shape[-1] in _BY_CLASS_CLASSES
         and logits.is_cpu
-        and logits.dtype in _COMPOSED_DTYPES
+        and logits.dtype in _BY_CLASS_DTYPES
     ):
         return False
-    rows, classes = shape[-2], shape[-1]
-    return rows >= _COMPOSED_MIN_ROWS or (
-        logits.dtype == torch.float64
-        and rows >= _COMPOSED_MIN_ROWS_FLOAT64
-        and classes >= _COMPOSED_MIN_CLASSES_FLOAT64
-    )
-
-
-def _shifted(logits: Tensor) -> Tensor:
-    """z - max_m z_m per row.  (..., M) -> (..., M).
-
-    Shifting by the row max *before* subtracting log-sum-exp keeps the top logit exact: z - lse(z)
-    rounds lse(z) to the ulp of |z| (about 1e-3 at |z| = 1e4 in float32), which swamps a small
-    loss. The max is a constant to autograd (softmax is shift-invariant, so its gradient through
-    the max is zero in exact arithmetic), keeping second derivatives exact and their graph short.
-    """
-    return logits - logits.amax(-1, keepdim=True).detach()
+    if logits.mT.is_contiguous():  # column-major: the class path reads it in place
+        return True
+    if logits.dtype == torch.float32 and shape[-1] >= _ROW_KERNEL_FLOAT32_FROM_CLASSES:
+        return False
+    return logits.numel() >= _BY_CLASS_MIN_LOGITS
 
 
 def log_softmax(logits: Tensor) -> Tensor:
-    """log softmax(z) = (z - max) - log sum_m exp(z_m - max), over the last dim.  (..., M)."""
-    if not _composed(logits):
-        return torch.log_softmax(logits, dim=-1)
-    shifted = _shifted(logits)
-    return shifted - shifted.exp().sum(-1, keepdim=True).log()
+    """log softmax(z) = (z - max) - log sum_m exp(z_m - max), over the last dim.  (..., M).
+
+    Column-major where the class path is taken (`_by_class`), else logits' layout.
+    """
+    if _by_class(logits):
+        return torch.log_softmax(logits.mT, dim=-2).mT
+    return torch.log_softmax(logits, dim=-1)
 
 
 def softmax(logits: Tensor) -> Tensor:
     """softmax(z) = exp(z - max) / sum_m exp(z_m - max), over the last dim.  (..., M)."""
-    if not _composed(logits):
-        return torch.softmax(logits, dim=-1)
-    exp = _shifted(logits).exp()
-    return exp / exp.sum(-1, keepdim=True)
+    if _by_class(logits):
+        return torch.softmax(logits.mT, dim=-2).mT
+    return torch.softmax(logits, dim=-1)
 
 
 def _mean_nll(log_probs: Tensor, target: Tensor) -> Tensor:
     """-(1/n) sum_i log_probs[i, y_i].  (n, M), (n,) -> (); stacked (E, n, M), (E, n) -> (E,)."""
     if log_probs.ndim == 2:  # one kernel, where gather, mean and neg are three
         return F.nll_loss(log_probs, target, ignore_index=_NO_IGNORED_LABEL)
+    if log_probs.mT.is_contiguous():  # column-major (the class path): (E, M, n) read in place
+        # nll_loss's (N, C, d) form, the same values as flattening, which copies the members'
+        # columns into rows first ((32, 1168, 10) float32: 179 -> 107 us)
+        per_member = F.nll_loss(
+            log_probs.mT, target, ignore_index=_NO_IGNORED_LABEL, reduction="none"
+        )
+        return per_member.mean(-1)
     per_row = F.nll_loss(  # (E n,): nll_loss takes (N, M) only
         log_probs.flatten(0, -2), target.flatten(), ignore_index=_NO_IGNORED_LABEL, reduction="none"
     )
@@ -518,13 +519,8 @@ def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> tuple[Tenso
     written into p too: lbfgs 51.6 -> 50.7 ms, adam 224.5 -> 219.3 ms of CPU).
     """
     _check_labels(target)
-    if not _composed(logits):
-        log_probs = torch.log_softmax(logits, dim=-1)
-        return _mean_nll(log_probs, target), log_probs.exp_()
-    shifted = _shifted(logits)
-    exp = shifted.exp()
-    total = exp.sum(-1, keepdim=True)
-    return _mean_nll(shifted.sub_(total.log()), target), exp.div_(total)
+    log_probs = log_softmax(logits)
+    return _mean_nll(log_probs, target), log_probs.exp_()
 
 
 def softmax_cross_entropy_backward(

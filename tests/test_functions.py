@@ -321,62 +321,94 @@ def test_softmax_cross_entropy_matches_torch_up_to_1e4(dtype, case):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize(
-    ("shape", "composed"),
+    ("shape", "by_class", "by_classcolumn_major"),
     [
-        ((300, 10), True),
-        ((256, 3), True),
-        ((300, 2), False),
-        ((300, 100), False),
-        ((64, 10), False),
-        ((200, 10), "float64"),
-        ((200, 3), False),
+        ((300, 10), True, True),
+        ((256, 3), True, True),
+        ((300, 2), True, True),
+        ((300, 100), False, False),
+        ((64, 10), True, True),
+        ((32, 10), False, True),
+        ((200, 24), "float64", True),
+        ((64, 2), False, True),
     ],
-    ids=["300x10", "256x3", "300x2", "300x100", "64x10", "200x10", "200x3"],
+    ids=["300x10", "256x3", "300x2", "300x100", "64x10", "32x10", "200x24", "64x2"],
 )
-def test_softmax_cross_entropy_both_cpu_paths_match_torch(shape, composed, dtype):
-    """The max-shifted formula (many rows, a few classes) and torch's fused kernel (the rest)."""
-    from ffn.functions import _composed, softmax
+def test_softmax_cross_entropy_both_cpu_paths_match_torch(
+    shape, by_class, by_classcolumn_major, dtype
+):
+    """Torch's kernel along the classes (a few classes, enough logits, or a column-major z) and
+    along the rows (the rest): each gives F.cross_entropy's loss, gradient and softmax."""
+    from ffn.functions import _by_class, softmax
 
-    logits = randn(shape, seed=5, scale=3.0).to(dtype)
-    logits[0, 0], logits[1, -1] = 1e4, -1e4  # far logits stay finite and exact
-    assert _composed(logits) is (composed is True or composed == str(dtype).removeprefix("torch."))
-    target = torch.randint(shape[1], (shape[0],), generator=torch.Generator().manual_seed(5))
-    z, z_ref = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    (2.5 * SoftmaxCrossEntropyFunction.apply(z, target)).backward()
-    (2.5 * F.cross_entropy(z_ref, target)).backward()
-    torch.testing.assert_close(z.grad, z_ref.grad, **TOL[dtype])
-    torch.testing.assert_close(softmax(logits), torch.softmax(logits, -1), **TOL[dtype])
-    loss = SoftmaxCrossEntropyFunction.apply(logits, target)
-    torch.testing.assert_close(loss, F.cross_entropy(logits, target), **TOL[dtype])
+    for layout, expected in ((lambda t: t, by_class), (column_major, by_classcolumn_major)):
+        logits = layout(randn(shape, seed=5, scale=3.0).to(dtype))
+        logits[0, 0], logits[1, -1] = 1e4, -1e4  # far logits stay finite and exact
+        assert _by_class(logits) is (expected is True or expected == str(dtype)[6:])
+        target = torch.randint(shape[1], (shape[0],), generator=torch.Generator().manual_seed(5))
+        z, z_ref = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        (2.5 * SoftmaxCrossEntropyFunction.apply(z, target)).backward()
+        (2.5 * F.cross_entropy(z_ref, target)).backward()
+        torch.testing.assert_close(z.grad, z_ref.grad, **TOL[dtype])
+        loss = SoftmaxCrossEntropyFunction.apply(logits, target)
+        torch.testing.assert_close(loss, F.cross_entropy(logits, target), **TOL[dtype])
+        torch.testing.assert_close(softmax(logits), torch.softmax(logits, -1), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("layout", ["row_major", "column_major"])
+def test_stacked_members_softmax_cross_entropy_bitwise_as_alone(layout, dtype):
+    """A member's delta in a stack is bitwise its own alone, in either layout: the ensemble's
+    members take the path their single runs take (64-row minibatches of digits). Its loss, a
+    mean taken over its own row in a stack, differs at rounding level only (as it did before
+    the class path)."""
+    from ffn.losses import task_loss
+
+    lay = column_major if layout == "column_major" else (lambda t: t)
+    stacked = lay(randn((5, 64, 10), seed=8, scale=3.0).to(dtype))
+    target = torch.randint(10, (5, 64), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        loss, delta = task_loss("classification").value_and_delta(stacked.clone(), target)
+        for e in range(5):
+            alone_loss, alone_delta = task_loss("classification").value_and_delta(
+                lay(stacked[e].contiguous()), target[e]
+            )
+            assert torch.equal(delta[e], alone_delta)
+            torch.testing.assert_close(loss[e], alone_loss, rtol=4 * torch.finfo(dtype).eps, atol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", [(300, 10), (300, 2), (200, 10), (4, 300, 10), (4, 64, 3)])
 def test_graph_free_loss_and_delta_equal_the_formulas(shape, dtype):
     """The step's loss and delta (written over their own intermediates) are bitwise the loss
-    alone and the backward of fresh probabilities (the composed softmax, or exp of torch's
-    log_softmax), on both CPU paths and stacked; logits untouched."""
+    alone and the backward of fresh probabilities (exp of ffn.functions.log_softmax), on both CPU
+    paths, both layouts and stacked; logits untouched."""
     from ffn.functions import (
-        _composed,
-        softmax,
+        log_softmax,
         softmax_cross_entropy_backward,
         softmax_cross_entropy_value,
     )
     from ffn.losses import task_loss
 
-    logits = randn(shape, seed=7, scale=3.0).to(dtype)
-    target = torch.randint(shape[-1], shape[:-1], generator=torch.Generator().manual_seed(7))
-    before = logits.clone()
-    with torch.no_grad():
-        loss, delta = task_loss("classification").value_and_delta(logits, target)
-        assert torch.equal(logits, before)
-        assert torch.equal(loss, softmax_cross_entropy_value(logits, target))
-        probs = softmax(logits) if _composed(logits) else torch.log_softmax(logits, -1).exp()
-        assert torch.equal(delta, softmax_cross_entropy_backward(probs, target))
+    for layout in (lambda t: t, column_major):
+        logits = layout(randn(shape, seed=7, scale=3.0).to(dtype))
+        target = torch.randint(shape[-1], shape[:-1], generator=torch.Generator().manual_seed(7))
+        before = logits.clone()
+        with torch.no_grad():
+            loss, delta = task_loss("classification").value_and_delta(logits, target)
+            assert torch.equal(logits, before)
+            assert torch.equal(loss, softmax_cross_entropy_value(logits, target))
+            probs = log_softmax(logits).exp()
+            assert torch.equal(delta, softmax_cross_entropy_backward(probs, target))
 
 
-def test_softmax_cross_entropy_composed_path_gradgradchecks():
-    logits = randn((256, 3), seed=6, scale=3.0).requires_grad_()
+@pytest.mark.parametrize("layout", ["row_major", "column_major"])
+def test_softmax_cross_entropy_class_path_gradgradchecks(layout):
+    logits = randn((256, 3), seed=6, scale=3.0)
+    logits = (column_major(logits) if layout == "column_major" else logits).requires_grad_()
+    from ffn.functions import _by_class
+
+    assert _by_class(logits)
     target = torch.randint(3, (256,), generator=torch.Generator().manual_seed(6))
     fn = lambda z: SoftmaxCrossEntropyFunction.apply(z, target)  # noqa: E731
     assert gradcheck(fn, (logits,)) and gradgradcheck(fn, (logits,))
