@@ -31,13 +31,10 @@ def _split_values(net: StackedNet, x: Tensor, y: Tensor, task: str):
     """Every member's {loss, score} (E,) on its rows x (E, n, d), y (E, n[, M]); the output
     (E, n, M) and pre-activations [(E, n, H_l)] (ffn.metrics.evaluate, stacked)."""
     out, preactivations = formula_forward(net, x)
-    # row-major: a narrow product comes back column-major where functions.MKL_SLOW_PATHS
-    # (functions.matmul), along whose rows argmax and the softmax are several times slower than
-    # the copy; elsewhere it is row-major already and this returns it as it is
-    out = out.contiguous()
-    if task == "classification":
+    if task == "classification":  # the softmax and max read either layout (ffn.metrics.accuracy)
         loss, score = softmax_cross_entropy_value(out, y), torch.vmap(accuracy)(out, y)
-    else:
+    else:  # r2's sums run in the order of the layout: row-major, as a single run's
+        out = out.contiguous()
         loss, score = mse_forward(out, y), torch.vmap(r2_score)(out, y)
     return {"loss": loss, metric_name(task): score}, preactivations
 
