@@ -7,6 +7,8 @@ The launcher copies the job's config by pickle and sets Hydra's config once
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +111,23 @@ def test_a_job_sees_and_returns_what_hydras_run_job_gives(
         assert repr(mine._return_value) == repr(theirs._return_value)
     else:
         assert mine.return_value == theirs.return_value == 0.25
+
+
+@dataclass
+class _Conf:
+    lr: float = 0.1
+
+
+def test_a_config_pickle_refuses_is_deep_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A schema class that is no longer the one its module names (Hydra's plugin scan imports
+    joblib's launcher config twice): pickle refuses the config, and config_copy deep-copies it
+    instead, class and all."""
+    from ffn.ensemble.compose import config_copy, pickled_config
+
+    config = OmegaConf.create({"launcher": OmegaConf.structured(_Conf), "n": 1})
+    assert pickled_config(config) is not None
+    monkeypatch.setattr(sys.modules[__name__], "_Conf", make_dataclass("_Conf", ["lr"]))
+    assert pickled_config(config) is None
+    copied = config_copy(config)
+    assert copied == config and copied is not config
+    assert OmegaConf.get_type(copied, "launcher") is OmegaConf.get_type(config, "launcher")
