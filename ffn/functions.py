@@ -437,8 +437,10 @@ def _check_labels(target: Tensor) -> None:
 # row: (1168, 16) 13.4 -> 19.6) or over 32 classes, torch's row kernel stays; a column-major z
 # (a narrow product where MKL_SLOW_PATHS) takes the class path whenever it has 2-32 classes
 # ((1168, 32) 35.9 -> 14.0). The values are the kernel's formula either way (max-shifted, rounding
-# apart: tests/test_functions.py), the same for a member stacked and alone (the rule reads the
-# layout and size only, and both kernels give a member what it gives alone).
+# apart: tests/test_functions.py). The size counted is one member's (its rows x classes), so a
+# stacked member of the layout its single run has takes the same path, with the same values;
+# where MKL_SLOW_PATHS makes a stack's narrow product column-major and the single run's
+# row-major (under 8192 rows x inner size), the two may differ at rounding level.
 _BY_CLASS_DTYPES = (torch.float32, torch.float64)
 _BY_CLASS_CLASSES = range(2, 33)
 _BY_CLASS_MIN_LOGITS = 512
@@ -461,7 +463,7 @@ def _by_class(logits: Tensor) -> bool:
         return True
     if logits.dtype == torch.float32 and shape[-1] >= _ROW_KERNEL_FLOAT32_FROM_CLASSES:
         return False
-    return logits.numel() >= _BY_CLASS_MIN_LOGITS
+    return shape[-2] * shape[-1] >= _BY_CLASS_MIN_LOGITS
 
 
 def log_softmax(logits: Tensor) -> Tensor:
@@ -512,11 +514,9 @@ def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> tuple[Tenso
     """The mean cross-entropy and softmax(logits) from one exp.  -> loss: (), probs: (n, M).
 
     As `softmax_cross_entropy_value` for shapes and labels; only values come from here, the
-    gradient is the hand-written (p - onehot) / n below. Its own intermediates are written over
-    once read (log-probabilities into probabilities, exp into p): the same values, two
-    allocations fewer (digits, float64, Intel Xeon: the loss and its delta on 1797 rows 97 -> 91
-    us, on 200 rows 28 -> 25; whole fits alternating in one process, medians, with the delta
-    written into p too: lbfgs 51.6 -> 50.7 ms, adam 224.5 -> 219.3 ms of CPU).
+    gradient is the hand-written (p - onehot) / n below. The log-probabilities are written over
+    by the probabilities once read (one allocation fewer; `softmax_cross_entropy_backward`'s
+    into_probs writes the delta into p in turn).
     """
     _check_labels(target)
     log_probs = log_softmax(logits)

@@ -11,10 +11,8 @@ no group runs alone, as the basic launcher would run it. Discovered by Hydra in 
 
 # No `from __future__ import annotations`: Hydra's plugin scan runs this module before it is in
 # sys.modules, where a dataclass with string annotations cannot resolve them.
-import copy
 import logging
 import os
-import pickle
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -242,16 +240,15 @@ def _masked_copy(view: DictConfig) -> DictConfig:
     """copy.deepcopy of HydraConfig's `{hydra: node}` view, whose node's parent is the job's
     config: deepcopy re-parents the node's copy to the view's copy, and so does this pickle
     (the node is pickled with the view as its parent, not the whole config)."""
-    from ffn.ensemble.compose import pickled_config
+    from ffn.ensemble.compose import config_copy
 
     node = view._get_node("hydra")
     parent = node._get_parent()
     node._set_parent(view)
     try:
-        pickled = pickled_config(view)
+        return config_copy(view)
     finally:
         node._set_parent(parent)
-    return copy.deepcopy(view) if pickled is None else pickle.loads(pickled)
 
 
 def _refuse_unless_fit(config: DictConfig) -> None:
