@@ -7,10 +7,15 @@ run. `compose_a_run_once` keeps the first composition and hands it to the second
 `hydra.mode=RUN` applied as that override would, once Hydra's run-mode checks pass: sweep values
 on a plain run's command line are refused as before, and a composition that skipped a missing
 default (`???`) is composed again, to be refused as before. Anything else composes as Hydra does.
+
+And the copies of a composed config that every launcher makes (`config_copy`: the basic
+sweeper's validation, the ensemble's derived members and its transcribed run_job), by pickle.
 """
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -86,3 +91,31 @@ def compose_a_run_once() -> None:
     get_mode_keeping.composes_once = True  # type: ignore[attr-defined]
     Hydra.get_mode = get_mode_keeping  # type: ignore[method-assign]
     Hydra.compose_config = compose_reusing  # type: ignore[method-assign]
+
+
+def config_copy(config: DictConfig) -> DictConfig:
+    """A deep copy of a composed config, resolver cache, flags, schema types and all.
+
+    OmegaConf's pickled form is the same tree (its __getstate__/__setstate__), and C's pickle
+    walks it in half copy.deepcopy's time: the digits config with its hydra node, 3.3 -> 1.6
+    ms (0.6 ms dumps, 0.95 ms loads; AMD EPYC, load 0.3). A config pickle refuses (a schema
+    class that is not the one its module now names: Hydra's plugin scan imports a launcher's
+    config module twice, joblib's and submitit's) is deep-copied, as before.
+    """
+    return copy_of(config, pickled_config(config))
+
+
+def copy_of(config: DictConfig, pickled: bytes | None) -> DictConfig:
+    """A copy of config from its pickle (`pickled_config`, made once for many copies), or a
+    deep copy where pickle refused it (None)."""
+    return copy.deepcopy(config) if pickled is None else pickle.loads(pickled)
+
+
+def pickled_config(config: DictConfig) -> bytes | None:
+    """The config pickled, or None where pickle refuses it (see config_copy). Pickle checks
+    that each class it names is the object its module holds under that name, so whatever it
+    writes loads back as the very classes the config had."""
+    try:
+        return pickle.dumps(config, pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return None

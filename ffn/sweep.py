@@ -169,12 +169,12 @@ def compose_each_job_once(loader: Any) -> None:
     job on a 2-core machine. Here the first call gets a copy (the validation drops it) and the
     config itself is kept for the next call with the same overrides, the launcher's, once
     (popped: the launcher sets hydra.job.id/num on it, and no one else holds it). A copy
-    (ffn.ensemble.compose.config_copy: 1.6 ms) costs a two-hundredth of a composition, and
+    (ffn.compose.config_copy: 1.6 ms) costs a two-hundredth of a composition, and
     whoever calls first, each caller gets a config of its own.
     """
     if getattr(loader.load_sweep_config, "composes_once", False):
         return
-    from ffn.ensemble.compose import config_copy
+    from ffn.compose import config_copy
 
     compose = loader.load_sweep_config
     composed: dict[tuple[int, tuple[str, ...]], DictConfig] = {}

@@ -122,7 +122,7 @@ def test_a_config_pickle_refuses_is_deep_copied(monkeypatch: pytest.MonkeyPatch)
     """A schema class that is no longer the one its module names (Hydra's plugin scan imports
     joblib's launcher config twice): pickle refuses the config, and config_copy deep-copies it
     instead, class and all."""
-    from ffn.ensemble.compose import config_copy, pickled_config
+    from ffn.compose import config_copy, pickled_config
 
     config = OmegaConf.create({"launcher": OmegaConf.structured(_Conf), "n": 1})
     assert pickled_config(config) is not None

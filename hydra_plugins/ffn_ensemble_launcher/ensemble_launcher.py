@@ -148,11 +148,11 @@ def run_job(
     each time, and the JobReturn's hydra_cfg): 41% of what each of the 32 members of the digits
     sweep paid before its first step (cProfile). Here Hydra's config is set once and given the
     output folder in both places the second call would have put it, and the task's config and
-    the JobReturn's hydra_cfg are copied by pickle (ffn.ensemble.compose.config_copy: the same
+    the JobReturn's hydra_cfg are copied by pickle (ffn.compose.config_copy: the same
     tree at half the cost): the 32 digits members' set-up (first Run built to the last) 1.14 ->
     0.84 s (AMD EPYC, load 0.5). tests/test_ensemble_run_job.py holds it to Hydra's run_job.
     """
-    from ffn.ensemble.compose import config_copy
+    from ffn.compose import config_copy
 
     if config.hydra.job.chdir is None and not version.base_at_least("1.2"):
         # Hydra warns and changes folder (version_base below 1.2): its own run_job does that
@@ -240,7 +240,7 @@ def _masked_copy(view: DictConfig) -> DictConfig:
     """copy.deepcopy of HydraConfig's `{hydra: node}` view, whose node's parent is the job's
     config: deepcopy re-parents the node's copy to the view's copy, and so does this pickle
     (the node is pickled with the view as its parent, not the whole config)."""
-    from ffn.ensemble.compose import config_copy
+    from ffn.compose import config_copy
 
     node = view._get_node("hydra")
     parent = node._get_parent()
