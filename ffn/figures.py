@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties, fontManager, get_font
 
 from ffn.figure_worker import Rendered
 
@@ -50,6 +51,19 @@ class _ReplayingRenderer(RendererAgg):
     def __init__(self, width: float, height: float, dpi: float) -> None:
         super().__init__(width, height, dpi)
         self._glyphs: dict[tuple, list[tuple]] = {}
+        self._heights: dict[FontProperties, tuple[float | None, ...]] = {}
+
+    def _get_font_height_metrics(self, prop: FontProperties) -> tuple[float | None, ...]:
+        """(ascent, descent, line gap) of prop's font at this dpi, in pixels, as matplotlib's
+        Text._get_layout computes them (from 3.11 on it asks a renderer that has this method;
+        None, None, None: it measures instead), once a font and size: each text's layout read
+        the font's tables anew, twice a draw (a reused 10-class confusion matrix 43 -> 33 ms, a
+        decision-regions plot 27 -> 24; thread CPU, AMD EPYC). The same PNG, byte for byte
+        (tests/test_ensemble.py)."""
+        heights = self._heights.get(prop)
+        if heights is None:
+            heights = self._heights[prop.copy()] = _font_height_metrics(prop, self.dpi)
+        return heights
 
     def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
         if ismath:
@@ -77,6 +91,22 @@ class _ReplayingRenderer(RendererAgg):
         if recorder.glyphs_only and len(self._glyphs) < self.MAX_TEXTS:
             self._glyphs[key] = recorder.glyphs
         return None
+
+
+def _font_height_metrics(prop: FontProperties, dpi: float) -> tuple[float | None, ...]:
+    """matplotlib 3.11's Text._get_layout: the font's typographic ascent, descent and line gap
+    (its OS/2 table, else hhea), scaled to prop's size at dpi, in pixels."""
+    font = get_font(fontManager._find_fonts_by_props(prop))
+    for table_name, gap, ascent, descent in (
+        ("OS/2", "sTypoLineGap", "sTypoAscender", "sTypoDescender"),
+        ("hhea", "lineGap", "ascent", "descent"),
+    ):
+        table = font.get_sfnt_table(table_name)
+        if table is None:
+            continue
+        scale = 1 / font.get_sfnt_table("head")["unitsPerEm"] * prop.get_size_in_points() * dpi / 72
+        return table[ascent] * scale, -table[descent] * scale, table[gap] * scale
+    return None, None, None
 
 
 class _GlyphRecorder:

@@ -339,7 +339,11 @@ def test_a_members_own_fsyncs_together_leaves_the_sync_to_its_groups(tmp_path) -
 def test_figures_drawn_again_on_a_kept_figure_are_the_same_png(monkeypatch) -> None:
     """A member's confusion matrix or decision regions drawn on the Figure an earlier member's
     were drawn on (ffn.figures' reuse) is byte for byte the PNG of a new Figure."""
+    import inspect
+
     np = pytest.importorskip("numpy")
+
+    import matplotlib.text
     from matplotlib.figure import Figure
 
     from ffn import figures
@@ -372,8 +376,17 @@ def test_figures_drawn_again_on_a_kept_figure_are_the_same_png(monkeypatch) -> N
     ]
     kept: dict = {}
     monkeypatch.setattr(figures, "_KEPT", kept)
+    measured = []  # the fonts whose heights a layout asked the renderer for (matplotlib 3.11+)
+    heights = figures._ReplayingRenderer._get_font_height_metrics
+    monkeypatch.setattr(
+        figures._ReplayingRenderer,
+        "_get_font_height_metrics",
+        lambda self, prop: measured.append(prop) or heights(self, prop),
+    )
     again = [figures.render(name, arrays) for name, arrays in drawings]
     assert len(kept) == 3  # one Figure a kind of axes, drawn again for the later members
+    asks = "_get_font_height_metrics" in inspect.getsource(matplotlib.text.Text._get_layout)
+    assert bool(measured) == asks  # the heights came from the renderer's cache, where asked
     # each drawn fresh, on matplotlib's own canvas (savefig makes one a call: nothing replayed)
     monkeypatch.setattr(figures, "_figure", Figure)
     for (name, arrays), png in zip(drawings, again, strict=True):
