@@ -397,7 +397,10 @@ def _run_locked(
             )
 
         distributed.world().announce(cfg, payload)  # under torchrun: every rank trains this
-        result = train(cfg, run_dir, hparams, resume_from=payload, on_ready=mark_started)
+        # its records and checkpoints land on disk in a thread of their own while it trains;
+        # all of them before its end is recorded (run_record.syncs_behind)
+        with run_record.syncs_behind():
+            result = train(cfg, run_dir, hparams, resume_from=payload, on_ready=mark_started)
     except ConfigError as error:
         new_run = payload is None and not isinstance(error, FolderUntouched)
         if begun or (multirun and new_run):  # the summary lists the job, with its config

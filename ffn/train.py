@@ -473,7 +473,8 @@ def train(
     run.clock.add("validate", validated)
     if on_ready is not None:  # everything built and checked: the job may now mark the folder
         # its records (.hydra/'s three files, metrics.json) fsynced at once, not one by one:
-        # they share the filesystem's journal commits (4 files: 25 -> 13 ms here)
+        # they share the filesystem's journal commits (4 files: 25 -> 13 ms here); inside the
+        # job's run_record.syncs_behind, by its thread while the run trains
         with run_record.fsyncs_together():
             on_ready(run)
     # purge_step: events from a killed session past the checkpoint are discarded on reading.

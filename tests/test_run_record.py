@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,111 @@ def test_a_second_writer_of_a_locked_folder_is_refused(tmp_path: Path) -> None:
         holder.join()
     with run_record.locked(tmp_path):  # free again once the holder has gone
         pass
+
+
+# ---------------------------------------------------------------------------- syncs_behind
+
+
+def _held_fsyncs(monkeypatch) -> threading.Event:
+    """run_record's file fsyncs wait until the returned event is set (then fsync as before)."""
+    release = threading.Event()
+    fsync = run_record._fsync_file
+
+    def held(path: Path) -> None:
+        assert release.wait(10), "the test never released the fsync"
+        fsync(path)
+
+    monkeypatch.setattr(run_record, "_fsync_file", held)
+    return release
+
+
+def _save(folder: Path, data: bytes) -> None:
+    """A checkpoint's write: last.pt, the one before moved to previous.pt once it is on disk."""
+
+    def keep_previous() -> None:
+        if (folder / "last.pt").exists():
+            (folder / "last.pt").replace(folder / "previous.pt")
+
+    run_record.write_atomic(
+        folder / "last.pt", lambda f: f.write(data), before_rename=keep_previous, may_wait=True
+    )
+
+
+def test_files_written_behind_land_in_order_and_all_before_the_block_ends(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Inside syncs_behind a waiting write returns before its fsync: the old file stays whole
+    until the new one is on disk; the thread lands each in the order written; leaving waits."""
+    (tmp_path / "last.pt").write_bytes(b"0")
+    release = _held_fsyncs(monkeypatch)
+    with run_record.syncs_behind():
+        _save(tmp_path, b"1")  # returns although its fsync is held
+        _save(tmp_path, b"2")
+        assert (tmp_path / "last.pt").read_bytes() == b"0"
+        assert not (tmp_path / "previous.pt").exists()
+        release.set()
+    assert (tmp_path / "last.pt").read_bytes() == b"2"
+    assert (tmp_path / "previous.pt").read_bytes() == b"1"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_write_that_does_not_wait_lands_after_those_behind(tmp_path: Path, monkeypatch) -> None:
+    """A run's end record (written at once) is never overtaken by its earlier checkpoint or
+    running record: it waits for the thread to land them first."""
+    release = _held_fsyncs(monkeypatch)
+    with run_record.syncs_behind():
+        run_record.write_record(tmp_path, "running", may_wait=True)
+        _save(tmp_path, b"last")
+        threading.Timer(0.2, release.set).start()
+        run_record.write_record(tmp_path, "completed")  # waits for the two behind
+        assert (tmp_path / "last.pt").read_bytes() == b"last"
+        assert run_record.read_record(tmp_path)["status"] == "completed"
+    assert run_record.read_record(tmp_path)["status"] == "completed"
+
+
+def test_a_file_that_cannot_land_behind_is_an_error_of_the_run(tmp_path: Path, monkeypatch) -> None:
+    """An fsync that fails in the thread (a full disk) is raised in the run's thread, by the next
+    sync or on leaving, as ENOSPC; the file it would have replaced is kept, no temporary left."""
+    import errno
+
+    (tmp_path / "last.pt").write_bytes(b"kept")
+
+    def full(path: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(run_record, "_fsync_file", full)
+    with pytest.raises(OSError) as raised, run_record.syncs_behind():
+        _save(tmp_path, b"lost")
+        run_record.sync_waiting()
+    assert raised.value.errno == errno.ENOSPC
+    with pytest.raises(OSError), run_record.syncs_behind():  # not synced inside: on leaving
+        _save(tmp_path, b"lost")
+    assert (tmp_path / "last.pt").read_bytes() == b"kept"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_error_inside_syncs_behind_is_raised_once_every_file_has_landed(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The run's own exception propagates, after the files handed over are on disk."""
+    release = _held_fsyncs(monkeypatch)
+    threading.Timer(0.2, release.set).start()
+    with pytest.raises(KeyError, match="the run's"), run_record.syncs_behind():
+        _save(tmp_path, b"1")
+        raise KeyError("the run's")
+    assert (tmp_path / "last.pt").read_bytes() == b"1"
+
+
+def test_syncs_behind_inside_a_round_leaves_the_sync_to_the_round(tmp_path: Path) -> None:
+    """An ensemble's member (its job's syncs_behind inside the group's fsyncs_together): its
+    writes wait for the group's round, as before."""
+    with run_record.fsyncs_together():
+        with run_record.syncs_behind():
+            _save(tmp_path, b"member")
+        assert not (tmp_path / "last.pt").exists()  # waiting for the round
+        run_record.sync_waiting()
+        assert (tmp_path / "last.pt").read_bytes() == b"member"
+    # and train()'s fsyncs_together inside a job's syncs_behind: behind
+    with run_record.syncs_behind(), run_record.fsyncs_together():
+        _save(tmp_path, b"alone")
+    assert (tmp_path / "last.pt").read_bytes() == b"alone"
