@@ -214,7 +214,8 @@ def syncs_behind() -> Iterator[None]:
 
 
 class _Behind:
-    """One thread landing written files (`_land`), in the order handed over."""
+    """One thread landing written files (`_land`), in the order handed over: those handed over
+    while it landed others, together."""
 
     def __init__(self) -> None:
         import queue
@@ -236,15 +237,28 @@ class _Behind:
         self._queue.put(written)
 
     def _work(self) -> None:
-        while (written := self._queue.get()) is not None:
+        import queue
+
+        ending = False
+        while not ending:
+            # every file handed over by now lands in one round: fsynced at once (a round of an
+            # ensemble's checkpoints, a job's first records), renamed in order
+            batch = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self._queue.get_nowait())
+            ending = batch[-1] is None
+            written = [w for w in batch if w is not None]
+            if not written:
+                continue
             try:
-                _land([written])
+                _land(written)
             except BaseException as error:  # kept for the run's thread, which raises it
                 with self._landed:
                     self._error = self._error or error
             finally:
                 with self._landed:
-                    self._pending -= 1
+                    self._pending -= len(written)
                     self._landed.notify_all()
 
     def raise_error(self) -> None:

@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,33 @@ def test_syncs_behind_inside_a_round_leaves_the_sync_to_the_round(tmp_path: Path
     with run_record.syncs_behind(), run_record.fsyncs_together():
         _save(tmp_path, b"alone")
     assert (tmp_path / "last.pt").read_bytes() == b"alone"
+
+
+def test_files_handed_over_while_others_land_land_together(tmp_path: Path, monkeypatch) -> None:
+    """The thread takes every file waiting when it is free as one round (fsynced at once, as an
+    ensemble's round is), renamed in the order written."""
+    release = _held_fsyncs(monkeypatch)
+    rounds = []
+    in_parallel = run_record._in_parallel
+
+    def counted(function, paths):
+        if function is not run_record._fsync_folder:
+            rounds.append(len(paths))
+        in_parallel(function, paths)
+
+    monkeypatch.setattr(run_record, "_in_parallel", counted)
+    folders = [tmp_path / str(i) for i in range(3)]
+    for folder in folders:
+        folder.mkdir()
+    with run_record.syncs_behind():
+        _save(tmp_path, b"first")  # held in its fsync
+        deadline = time.monotonic() + 10
+        while not rounds and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for folder in folders:
+            _save(folder, b"a")
+        _save(folders[0], b"b")
+        release.set()
+    assert rounds == [1, 4]
+    assert [(f / "last.pt").read_bytes() for f in folders] == [b"b", b"a", b"a"]
+    assert (folders[0] / "previous.pt").read_bytes() == b"a"
