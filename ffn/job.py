@@ -384,8 +384,8 @@ def _run_locked(
             interrupt.check()
             if stale:
                 _clear_stale(run_dir)
-            # may wait: an ensemble's members (run_record.fsyncs_together) fsync their
-            # records together, before any of them trains
+            # may wait: fsynced by run_record.syncs_behind's thread while the run trains, or
+            # (an ensemble's members, run_record.fsyncs_together) with the group's round
             if payload is None:
                 write_hydra_record(run_dir, cfg, may_wait=True)
             continuations = list(previous.get("continuations") or []) if payload else []

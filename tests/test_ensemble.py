@@ -321,8 +321,8 @@ def test_a_write_that_does_not_wait_lands_after_those_waiting(tmp_path) -> None:
 
 
 def test_a_members_own_fsyncs_together_leaves_the_sync_to_its_groups(tmp_path) -> None:
-    """train() wraps a job's first records in fsyncs_together; inside the group's round (the
-    outer one) leaving it syncs nothing: the round syncs every member's records at once."""
+    """train() wraps a job's first records in fsyncs_together; inside an outer round leaving
+    it syncs nothing: the outer round syncs every record at once."""
     record = tmp_path / "metrics.json"
     with run_record.fsyncs_together():
         with run_record.fsyncs_together():  # a member's start

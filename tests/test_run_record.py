@@ -242,8 +242,8 @@ def test_an_error_inside_syncs_behind_is_raised_once_every_file_has_landed(
 
 
 def test_syncs_behind_inside_a_round_leaves_the_sync_to_the_round(tmp_path: Path) -> None:
-    """An ensemble's member (its job's syncs_behind inside the group's fsyncs_together): its
-    writes wait for the group's round, as before."""
+    """syncs_behind inside fsyncs_together (a caller's own round): its writes wait for that
+    round, as before; and fsyncs_together inside syncs_behind leaves them to its thread."""
     with run_record.fsyncs_together():
         with run_record.syncs_behind():
             _save(tmp_path, b"member")
