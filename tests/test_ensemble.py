@@ -233,6 +233,16 @@ def test_a_chunked_evaluation_is_the_whole_stacks(
                 torch.testing.assert_close(z, their_z, **TOL)
 
 
+def test_chunks_are_for_the_cpu() -> None:
+    """A chunk a member on the CPU (rows x widest layer x itemsize bytes), all members in one
+    elsewhere (the meta device stands for a GPU)."""
+    net = StackedNet(members("relu"))
+    x = torch.zeros(E, N, D, dtype=torch.float64)
+    assert _members_per_chunk(net, x, N * 5 * 8) == 1
+    assert _members_per_chunk(net, x, N * 5 * 8 - 1) == 1  # at least one
+    assert _members_per_chunk(net, x.to("meta"), N * 5 * 8) == E
+
+
 @pytest.mark.parametrize("column_major", [True, False], ids=["column-major", "row-major"])
 def test_chunks_outputs_are_joined_in_their_layout(column_major: bool) -> None:
     """A transposed product's column-major logits stay so once joined (the class path reads

@@ -55,7 +55,10 @@ class _Members:
 
 
 def _members_per_chunk(net: StackedNet, x: Tensor, chunk_bytes: int) -> int:
-    """How many members' widest pre-activations (n, H) fit in chunk_bytes (at least one)."""
+    """How many members' widest pre-activations (n, H) fit in chunk_bytes (at least one); off
+    the CPU all of them (the chunks are for its cache; on a GPU each would cost launches)."""
+    if not x.is_cpu:
+        return net.size
     widest = max(w.shape[-1] for w, _ in net.layer_parameters())
     return max(1, chunk_bytes // (x.shape[-2] * widest * x.element_size()))
 
