@@ -34,8 +34,10 @@ MemberEvaluation = tuple[dict[str, float], dict[str, float], list[Tensor]]
 # evaluation 22.0 ms, with 1 member a chunk 22.7, 2: 19.9, 4: 19.3, 8: 20.2, 16: 21.4 (thread
 # CPU, best of 6 interleaved rounds, AMD EPYC, 1 MB L2 a core, load 1.2-1.6): the train split's
 # output product 3.9 -> 2.3 ms and its health (amax) 1.4 -> 0.5 at 4 members a chunk, the
-# hidden product, near the core's peak, unchanged (7.5-8.5); fewer members pay each chunk's
-# ~0.1 ms of calls. 2.5 MB is 4 digits members of the train split and 18 of the val split.
+# hidden product, near the core's peak, unchanged (7.5-8.5); smaller chunks pay more chunks'
+# calls, ~0.1 ms each. In the digits sweep, a call 27.6-30.9 ms in one chunk, 23.1-25.2 at 4
+# members a chunk (2: 24.5-25.2, 8: 26.1-28.6, 1: 29.4; two sweeps each, load 2.4-3.0). 2.5 MB
+# is 4 digits members of the train split and 18 of the val split.
 CHUNK_BYTES = 2_500_000
 
 
