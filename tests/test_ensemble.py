@@ -20,7 +20,12 @@ import torch
 
 from ffn import run_record
 from ffn.activations import ACTIVATIONS
-from ffn.ensemble.evaluation import stacked_epoch_evaluation
+from ffn.ensemble.evaluation import (
+    CHUNK_BYTES,
+    _joined,
+    _members_per_chunk,
+    stacked_epoch_evaluation,
+)
 from ffn.ensemble.optim import StackedOptimizer
 from ffn.ensemble.stack import StackedNet, StackedPenalty
 from ffn.metrics import epoch_scalars
@@ -102,10 +107,12 @@ EVALUATION_CASES = [  # activation, task, penalty, method, lams, activation_para
 ]
 
 
+@pytest.mark.parametrize("per_chunk", [None, 1, 2, 4], ids=lambda c: f"{c}-a-chunk")
 @pytest.mark.parametrize("case", EVALUATION_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
-def test_stacked_epoch_evaluation_equals_each_members_own(case, one_thread) -> None:
+def test_stacked_epoch_evaluation_equals_each_members_own(case, per_chunk, one_thread) -> None:
     """Scalars, layer diagnostics and pre-activations, val included, after a step (gradients);
-    one member diverged (inf weights) stays its own and leaves the others finite."""
+    one member diverged (inf weights) stays its own and leaves the others finite. The forward
+    in one chunk (CHUNK_BYTES) or a few members a chunk: 1, 2 and 1 (E = 3), one of 4 > E."""
     name, task, penalty, method, lams, params = case
     models = [
         FeedForward(
@@ -128,7 +135,10 @@ def test_stacked_epoch_evaluation_equals_each_members_own(case, one_thread) -> N
     net = StackedNet(models)
     manual_gradients(net, x, y, task)
     net.write_to(models)
-    stacked = stacked_epoch_evaluation(net, task, penalties, (x, y), (val_x, val_y))
+    # a member's widest pre-activation on the train split: N rows x 5 units, float64
+    chunk_bytes = CHUNK_BYTES if per_chunk is None else per_chunk * N * 5 * 8
+    assert per_chunk is None or _members_per_chunk(net, x, chunk_bytes) == per_chunk
+    stacked = stacked_epoch_evaluation(net, task, penalties, (x, y), (val_x, val_y), chunk_bytes)
     for e, (model, pen) in enumerate(zip(models, penalties, strict=True)):
         scalars, pre = epoch_scalars(
             model, task, pen, pen.parameters(model), (x[e], y[e]), (val_x[e], val_y[e])
@@ -147,6 +157,101 @@ def test_stacked_epoch_evaluation_equals_each_members_own(case, one_thread) -> N
         for z, theirs in zip(mine_pre, pre, strict=True):
             torch.testing.assert_close(z, theirs, **TOL, equal_nan=True)
     assert all(torch.tensor(list(stacked[0][0].values())).isfinite())
+
+
+# Activations whose kernels give an element the same bits wherever it falls in a vector loop
+# (max, select, a product). torch.sigmoid's, gelu's and softplus' vectorised kernels do not:
+# sigmoid of a column-major (3, 70, 5) stack and of its first member alone differ in a last
+# bit, so a chunk's values there may differ from the whole stack's as the whole stack's differ
+# from a member's own (test above: within 1e-10 of each member's own either way).
+EXACT_ACTIVATIONS = ("relu", "leaky_relu", "identity")
+
+
+@pytest.mark.parametrize("per_chunk", [1, 2, 4], ids=lambda c: f"{c}-a-chunk")
+@pytest.mark.parametrize("shared", [True, False], ids=["one-seed", "each-seed"])
+@pytest.mark.parametrize("transposed", [True, False], ids=["column-major-out", "row-major-out"])
+@pytest.mark.parametrize("case", EVALUATION_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_a_chunked_evaluation_is_the_whole_stacks(
+    case, transposed: bool, shared: bool, per_chunk: int, monkeypatch, one_thread
+) -> None:
+    """The forward a few members at a time (E = 3: chunks of 1, of 2 and 1, one of 4 > E) gives
+    every member the values and pre-activations of the stack's forward in one chunk: bitwise
+    where the activation is exact; the output's layout either way (70 rows: the transposed
+    product's where MKL_SLOW_PATHS), a shared split's expanded rows or each member's own."""
+    from ffn import functions
+
+    monkeypatch.setattr(functions, "MKL_SLOW_PATHS", transposed)
+    name, task, penalty, method, lams, params = case
+    hidden, rows = [5, 4], 70
+    models = [
+        FeedForward(
+            D,
+            hidden,
+            M,
+            activation=name,
+            activation_param=None if params is None else params[s],
+            seed=s,
+            dtype=torch.float64,
+        )
+        for s in range(E)
+    ]
+    penalties = [Penalty(name=penalty, lam=lam, method=method) for lam in lams]
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1 if shared else E, rows, D, generator=g, dtype=torch.float64)
+    if task == "classification":
+        y = torch.randint(0, M, (x.shape[0], rows), generator=g)
+    else:
+        y = torch.randn(x.shape[0], rows, M, generator=g, dtype=torch.float64)
+    if shared:  # one seed: the group's expanded rows
+        x, y = x.expand(E, *x.shape[1:]), y.expand(E, *y.shape[1:])
+    val = x[:, 10:40], y[:, 10:40]  # fewer rows than train: more members a chunk
+    net = StackedNet(models)
+    manual_gradients(net, x, y, task)
+    whole = stacked_epoch_evaluation(net, task, penalties, (x, y), val)
+    # a member's widest pre-activation on the train split: rows x 5 units, float64
+    chunk_bytes = per_chunk * rows * max(hidden) * 8
+    assert _members_per_chunk(net, x, chunk_bytes) == per_chunk
+    chunked = stacked_epoch_evaluation(net, task, penalties, (x, y), val, chunk_bytes)
+    exact = name in EXACT_ACTIVATIONS
+    assert len(chunked) == E
+    for mine, theirs in zip(chunked, whole, strict=True):
+        for values, their_values in zip(mine[:2], theirs[:2], strict=True):
+            assert list(values) == list(their_values)
+            if exact:
+                assert values == their_values
+            else:
+                torch.testing.assert_close(
+                    torch.tensor(list(values.values())),
+                    torch.tensor(list(their_values.values())),
+                    **TOL,
+                )
+        assert len(mine[2]) == len(hidden)
+        for z, their_z in zip(mine[2], theirs[2], strict=True):
+            if exact:
+                assert torch.equal(z, their_z)
+            else:
+                torch.testing.assert_close(z, their_z, **TOL)
+
+
+def test_chunks_are_for_the_cpu() -> None:
+    """A chunk a member on the CPU (rows x widest layer x itemsize bytes), all members in one
+    elsewhere (the meta device stands for a GPU)."""
+    net = StackedNet(members("relu"))
+    x = torch.zeros(E, N, D, dtype=torch.float64)
+    assert _members_per_chunk(net, x, N * 5 * 8) == 1
+    assert _members_per_chunk(net, x, N * 5 * 8 - 1) == 1  # at least one
+    assert _members_per_chunk(net, x.to("meta"), N * 5 * 8) == E
+
+
+@pytest.mark.parametrize("column_major", [True, False], ids=["column-major", "row-major"])
+def test_chunks_outputs_are_joined_in_their_layout(column_major: bool) -> None:
+    """A transposed product's column-major logits stay so once joined (the class path reads
+    them in place), a row-major output row-major."""
+    g = torch.Generator().manual_seed(3)
+    whole = torch.randn(5, 3, 70, generator=g).mT if column_major else torch.randn(5, 70, 3)
+    joined = _joined([whole[:2], whole[2:4], whole[4:]])
+    assert torch.equal(joined, whole)
+    assert joined.stride() == whole.stride()
 
 
 OPTIMIZERS = [
