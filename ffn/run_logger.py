@@ -229,10 +229,11 @@ def activation_health(model: FeedForward, z: Tensor) -> Tensor | None:
 
 def _zero_fraction(w: Tensor) -> Tensor:
     """(w == 0).mean(dtype=float64): the fraction of exact zeros (-0.0 one, NaN not).  () ."""
-    # torch's, not numpy's count (the Intel Xeon's 127 against 139 us a layer_diagnostics): on the
-    # AMD EPYC, after the evaluation's forwards, numpy's first call of an epoch costs 80 us
-    # (6 hot), and the fractions by torch's eq and mean, warm from the accuracy's, made the
-    # epoch's diagnostics 345 -> 283 us (thread CPU, medians over 100 epochs, load 3.3-3.8)
+    # torch's, not numpy's count (which won on the Intel Xeon: 127 against 139 us a
+    # layer_diagnostics): on the AMD EPYC numpy's first call after the epoch's steps costs ~80 us
+    # (6 hot), while torch's eq and mean are warm from the accuracy's; gradient_norm,
+    # layer_diagnostics and the host reads after the forwards 266 -> 231 and 345 -> 283 us an
+    # epoch (thread CPU, medians over 100 epochs a variant, load 2.2-3.8)
     return (w == 0).mean(dtype=torch.float64)  # exact: count / n
 
 
