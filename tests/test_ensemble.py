@@ -285,6 +285,35 @@ def test_checkpoints_of_a_round_are_fsynced_together_and_renamed_in_order(tmp_pa
     assert (folders[2] / "last.pt").read_bytes() == b"alone"
 
 
+def test_a_rounds_fsyncs_run_on_one_kept_pool(tmp_path, monkeypatch) -> None:
+    """The rounds' fsyncs run on threads kept from one round to the next (run_record._POOL), a
+    lone file's on the caller's; a forked child makes its own pool; an fsync's error is raised."""
+    import threading
+
+    files = []
+    for i in range(3):
+        files.append(tmp_path / str(i))
+        files[-1].write_bytes(b"x")
+    threads = set()
+
+    def fsync(path):
+        threads.add(threading.current_thread().name)
+        run_record._fsync_file(path)
+
+    run_record._in_parallel(fsync, files)
+    pool = run_record._POOL
+    run_record._in_parallel(fsync, files)
+    assert run_record._POOL is pool and all(t.startswith("ffn-fsync") for t in threads)
+    threads.clear()
+    run_record._in_parallel(fsync, files[:1])
+    assert threads == {threading.current_thread().name}
+    monkeypatch.setattr(run_record, "_POOL", (pool[0] + 1, pool[1]))  # as a forked child sees it
+    run_record._in_parallel(fsync, files)
+    assert run_record._POOL[1] is not pool[1] and run_record._POOL[0] == os.getpid()
+    with pytest.raises(FileNotFoundError):
+        run_record._in_parallel(run_record._fsync_file, [*files, tmp_path / "missing"])
+
+
 def test_a_group_loads_each_seeds_data_once(monkeypatch) -> None:
     """The cache the group raises (train.DATASET_CACHE_SIZE, set here by hand): jobs alternating
     seeds (lr x seed) get the same tensors again; a size of one keeps the last dataset only."""
