@@ -252,6 +252,50 @@ def test_stacked_optimizer_steps_equal_torch_optim_per_member(case, penalty, one
                 torch.testing.assert_close(mine[key][k], v, **TOL)
 
 
+@pytest.mark.parametrize("case", [OPTIMIZERS[1], OPTIMIZERS[3], OPTIMIZERS[5]], ids=str)
+def test_a_write_back_copies_into_the_members_own_tensors(case) -> None:
+    """From its second write-back on, a stack writes into the tensors its last one left in the
+    members (their parameters, gradients and torch.optim state: the same objects), bitwise its
+    slices; a member's tensor that does not fit (another shape, a strided layout) is replaced."""
+    cls, kwargs = case
+    models = members("relu")
+    optimizers = [cls(m.parameters(), **kw) for m, kw in zip(models, kwargs, strict=True)]
+    params = [list(m.parameters()) for m in models]
+    x, y = member_data("classification")
+    net = StackedNet(models)
+    stacked = StackedOptimizer(optimizers, params, net.parameters())
+
+    def step_and_write() -> list[torch.Tensor]:
+        manual_gradients(net, x, y, "classification")
+        stacked.step()
+        net.write_to(models)
+        stacked.write_to(optimizers, params)
+        tensors = []
+        for e, (o, ps) in enumerate(zip(optimizers, params, strict=True)):
+            for i, p in enumerate(ps):
+                s = net.parameters()[i]
+                assert torch.equal(p, s[e]) and torch.equal(p.grad, s.grad[e])
+                tensors += [p, p.grad]
+                for key, value in o.state.get(p, {}).items():
+                    assert torch.equal(value, stacked.state[key][i][e].to(value.dtype)), key
+                    tensors.append(value)
+        return tensors
+
+    first = step_and_write()
+    assert any(o.state for o in optimizers)  # (SGD with momentum 0 keeps none)
+    second = step_and_write()
+    assert len(first) == len(second) and all(a is b for a, b in zip(first, second, strict=True))
+    weight = params[0][0]
+    weight.grad = strided = torch.zeros(weight.shape[::-1], dtype=weight.dtype).mT
+    state = optimizers[0].state[weight]
+    key = next(iter(k for k in state if k != "step"))
+    state[key] = other = torch.zeros(2, 2, dtype=state[key].dtype)  # another shape
+    step_and_write()
+    assert weight.grad is not strided and weight.grad.is_contiguous()
+    fresh = optimizers[0].state[weight][key]
+    assert fresh is not other and torch.equal(fresh, stacked.state[key][0][0])
+
+
 def test_checkpoints_of_a_round_are_fsynced_together_and_renamed_in_order(tmp_path) -> None:
     """Inside fsyncs_together a waiting write leaves the old file in place until the round is
     synced; then each file, and what its before_rename moved aside, is as written alone."""
