@@ -329,6 +329,32 @@ def test_checkpoints_of_a_round_are_fsynced_together_and_renamed_in_order(tmp_pa
     assert (folders[2] / "last.pt").read_bytes() == b"alone"
 
 
+def test_a_rounds_renames_keep_their_order_within_each_runs_folder_tree(tmp_path) -> None:
+    """sync_waiting renames a folder tree's files in the order written (a run's metrics.json
+    after its .hydra/ and checkpoint, a checkpoint's two saves); other trees side by side."""
+    runs = [tmp_path / "sweep" / str(i) for i in range(2)]
+    writes = [
+        runs[0] / ".hydra" / "config.yaml",
+        runs[1] / ".hydra" / "config.yaml",
+        runs[0] / "metrics.json",
+        runs[1] / "checkpoints" / "last.pt",
+        runs[0] / "checkpoints" / "last.pt",
+        runs[1] / "checkpoints" / "last.pt",
+        tmp_path / "elsewhere" / "last.pt",
+    ]
+    waiting = [(Path(f"{path}.tmp"), path, None) for path in writes]
+    trees = run_record._by_folder_tree(waiting)
+    assert [[w[1] for w in tree] for tree in trees] == [
+        [writes[0], writes[2], writes[4]],  # run 0's: its folder's metrics.json waits too
+        [writes[1]],  # run 1's .hydra/ and checkpoints/ (nothing of its own folder waits)
+        [writes[3], writes[5]],
+        [writes[6]],
+    ]
+    relative = Path(os.path.relpath(runs[0], Path.cwd())) / "checkpoints" / "last.pt"
+    mixed = run_record._by_folder_tree([*waiting[:3], (Path("x.tmp"), relative, None)])
+    assert [w[1] for w in mixed[0]] == [writes[0], writes[2], relative]  # one tree: abspath
+
+
 def test_a_rounds_fsyncs_run_on_one_kept_pool(tmp_path, monkeypatch) -> None:
     """The rounds' fsyncs run on threads kept from one round to the next (run_record._POOL), a
     lone file's on the caller's; a forked child makes its own pool; an fsync's error is raised."""
