@@ -24,7 +24,10 @@ import os
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 METRICS_JSON = "metrics.json"
 HYDRA_RECORD = ".hydra"  # config.yaml, hydra.yaml, overrides.yaml: how the run was configured
@@ -157,8 +160,9 @@ def fsyncs_together() -> Iterator[None]:
 
 
 def sync_waiting() -> None:
-    """The waiting files on disk (fsynced at once), renamed in the order written, their folders
-    fsynced: each then stands as write_atomic alone would have left it. Inside
+    """The waiting files on disk (fsynced at once), renamed in the order written within each
+    folder tree (`_by_folder_tree`: a run's records and checkpoints), the trees side by side,
+    their folders fsynced: each then stands as write_atomic alone would have left it. Inside
     `syncs_behind()`, once its thread has landed every file handed to it (its first error is
     raised here)."""
     if _BEHIND is not None:
@@ -170,15 +174,12 @@ def sync_waiting() -> None:
     _land(waiting)
 
 
-def _land(waiting: list[tuple[Path, Path, Callable[[], Any] | None]]) -> None:
+def _land(waiting: list[_Waiting]) -> None:
     """Written files on disk, then renamed in order, then their folders on disk (a file that
     did not land is unlinked)."""
     try:
         _in_parallel(_fsync_file, [tmp for tmp, _, _ in waiting])
-        for tmp, path, before_rename in waiting:
-            if before_rename is not None:
-                before_rename()
-            os.replace(tmp, path)
+        _in_parallel(_rename_in_order, _by_folder_tree(waiting))
     except BaseException:
         for tmp, _, _ in waiting:  # those renamed already are gone: nothing to unlink
             with contextlib.suppress(OSError):
@@ -287,14 +288,63 @@ class _Behind:
             self.raise_error()
 
 
-def _in_parallel(function: Callable[[Path], Any], paths: list[Path]) -> None:
-    if len(paths) == 1:  # nothing to overlap: no hand-over to a thread
-        function(paths[0])
-        return
-    from concurrent.futures import ThreadPoolExecutor
+_Waiting = tuple[Path, Path, Callable[[], Any] | None]  # (temporary, path, before_rename)
 
-    with ThreadPoolExecutor(max_workers=min(len(paths), 32)) as pool:
-        list(pool.map(function, paths))  # list(): the first error is raised here
+
+def _by_folder_tree(waiting: list[_Waiting]) -> list[list[_Waiting]]:
+    """The waiting writes by the topmost of their folders at or above each one's folder, in the
+    order written: a folder's files and those in folders below it are one tree, renamed in
+    order (a run's metrics.json lands after the .hydra/ files and checkpoints written before
+    it); other folders' (sibling runs', or a run's .hydra/ and checkpoints/ while nothing of
+    its own folder waits) side by side.
+
+    Renamed one after another, ext4 took 1.4-2.3 ms a rename over an existing file (a
+    checkpoint's last.pt -> previous.pt): 32 checkpoints' two renames 89-149 ms; 3.2-4.9 ms
+    side by side (AMD EPYC, load 4.6)."""
+    folders = {path.parent: os.path.abspath(path.parent) for _, path, _ in waiting}
+    present = set(folders.values())
+    trees: dict[str, list[_Waiting]] = {}
+    for entry in waiting:
+        trees.setdefault(_topmost(folders[entry[1].parent], present), []).append(entry)
+    return list(trees.values())
+
+
+def _topmost(folder: str, folders: set[str]) -> str:
+    """The topmost of `folders` at or above `folder` (an absolute path)."""
+    top, above = folder, os.path.dirname(folder)
+    while above != folder:  # up to the root: dirname("/") is "/"
+        if above in folders:
+            top = above
+        folder, above = above, os.path.dirname(above)
+    return top
+
+
+def _rename_in_order(tree: list[_Waiting]) -> None:
+    for tmp, path, before_rename in tree:
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+
+
+# The pool `_in_parallel` calls on, kept from one round to the next, and the process that made
+# it (a forked child has its queue but none of its threads, and makes its own). A fresh pool of
+# 32 threads cost 9.6 ms a call, a kept one 1.0 (32 no-op calls, AMD EPYC, load 2): a 32-job
+# sweep's rounds start two each.
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_THREADS = 32
+T = TypeVar("T")
+
+
+def _in_parallel(function: Callable[[T], Any], items: list[T]) -> None:
+    global _POOL
+    if len(items) == 1:  # nothing to overlap: no hand-over to a thread
+        function(items[0])
+        return
+    if _POOL is None or _POOL[0] != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor  # (19 ms to import: when first used)
+
+        _POOL = os.getpid(), ThreadPoolExecutor(_POOL_THREADS, thread_name_prefix="ffn-fsync")
+    list(_POOL[1].map(function, items))  # list(): the first error is raised here
 
 
 def _fsync_file(path: Path) -> None:

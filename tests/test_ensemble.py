@@ -357,6 +357,50 @@ def test_stacked_optimizer_steps_equal_torch_optim_per_member(case, penalty, one
                 torch.testing.assert_close(mine[key][k], v, **TOL)
 
 
+@pytest.mark.parametrize("case", [OPTIMIZERS[1], OPTIMIZERS[3], OPTIMIZERS[5]], ids=str)
+def test_a_write_back_copies_into_the_members_own_tensors(case) -> None:
+    """From its second write-back on, a stack writes into the tensors its last one left in the
+    members (their parameters, gradients and torch.optim state: the same objects), bitwise its
+    slices; a member's tensor that does not fit (another shape, a strided layout) is replaced."""
+    cls, kwargs = case
+    models = members("relu")
+    optimizers = [cls(m.parameters(), **kw) for m, kw in zip(models, kwargs, strict=True)]
+    params = [list(m.parameters()) for m in models]
+    x, y = member_data("classification")
+    net = StackedNet(models)
+    stacked = StackedOptimizer(optimizers, params, net.parameters())
+
+    def step_and_write() -> list[torch.Tensor]:
+        manual_gradients(net, x, y, "classification")
+        stacked.step()
+        net.write_to(models)
+        stacked.write_to(optimizers, params)
+        tensors = []
+        for e, (o, ps) in enumerate(zip(optimizers, params, strict=True)):
+            for i, p in enumerate(ps):
+                s = net.parameters()[i]
+                assert torch.equal(p, s[e]) and torch.equal(p.grad, s.grad[e])
+                tensors += [p, p.grad]
+                for key, value in o.state.get(p, {}).items():
+                    assert torch.equal(value, stacked.state[key][i][e].to(value.dtype)), key
+                    tensors.append(value)
+        return tensors
+
+    first = step_and_write()
+    assert any(o.state for o in optimizers)  # (SGD with momentum 0 keeps none)
+    second = step_and_write()
+    assert len(first) == len(second) and all(a is b for a, b in zip(first, second, strict=True))
+    weight = params[0][0]
+    weight.grad = strided = torch.zeros(weight.shape[::-1], dtype=weight.dtype).mT
+    state = optimizers[0].state[weight]
+    key = next(iter(k for k in state if k != "step"))
+    state[key] = other = torch.zeros(2, 2, dtype=state[key].dtype)  # another shape
+    step_and_write()
+    assert weight.grad is not strided and weight.grad.is_contiguous()
+    fresh = optimizers[0].state[weight][key]
+    assert fresh is not other and torch.equal(fresh, stacked.state[key][0][0])
+
+
 def test_checkpoints_of_a_round_are_fsynced_together_and_renamed_in_order(tmp_path) -> None:
     """Inside fsyncs_together a waiting write leaves the old file in place until the round is
     synced; then each file, and what its before_rename moved aside, is as written alone."""
@@ -388,6 +432,61 @@ def test_checkpoints_of_a_round_are_fsynced_together_and_renamed_in_order(tmp_pa
     assert not list(tmp_path.rglob("*.tmp"))
     save(folders[2], b"alone")  # outside: written at once
     assert (folders[2] / "last.pt").read_bytes() == b"alone"
+
+
+def test_a_rounds_renames_keep_their_order_within_each_runs_folder_tree(tmp_path) -> None:
+    """sync_waiting renames a folder tree's files in the order written (a run's metrics.json
+    after its .hydra/ and checkpoint, a checkpoint's two saves); other trees side by side."""
+    runs = [tmp_path / "sweep" / str(i) for i in range(2)]
+    writes = [
+        runs[0] / ".hydra" / "config.yaml",
+        runs[1] / ".hydra" / "config.yaml",
+        runs[0] / "metrics.json",
+        runs[1] / "checkpoints" / "last.pt",
+        runs[0] / "checkpoints" / "last.pt",
+        runs[1] / "checkpoints" / "last.pt",
+        tmp_path / "elsewhere" / "last.pt",
+    ]
+    waiting = [(Path(f"{path}.tmp"), path, None) for path in writes]
+    trees = run_record._by_folder_tree(waiting)
+    assert [[w[1] for w in tree] for tree in trees] == [
+        [writes[0], writes[2], writes[4]],  # run 0's: its folder's metrics.json waits too
+        [writes[1]],  # run 1's .hydra/ and checkpoints/ (nothing of its own folder waits)
+        [writes[3], writes[5]],
+        [writes[6]],
+    ]
+    relative = Path(os.path.relpath(runs[0], Path.cwd())) / "checkpoints" / "last.pt"
+    mixed = run_record._by_folder_tree([*waiting[:3], (Path("x.tmp"), relative, None)])
+    assert [w[1] for w in mixed[0]] == [writes[0], writes[2], relative]  # one tree: abspath
+
+
+def test_a_rounds_fsyncs_run_on_one_kept_pool(tmp_path, monkeypatch) -> None:
+    """The rounds' fsyncs run on threads kept from one round to the next (run_record._POOL), a
+    lone file's on the caller's; a forked child makes its own pool; an fsync's error is raised."""
+    import threading
+
+    files = []
+    for i in range(3):
+        files.append(tmp_path / str(i))
+        files[-1].write_bytes(b"x")
+    threads = set()
+
+    def fsync(path):
+        threads.add(threading.current_thread().name)
+        run_record._fsync_file(path)
+
+    run_record._in_parallel(fsync, files)
+    pool = run_record._POOL
+    run_record._in_parallel(fsync, files)
+    assert run_record._POOL is pool and all(t.startswith("ffn-fsync") for t in threads)
+    threads.clear()
+    run_record._in_parallel(fsync, files[:1])
+    assert threads == {threading.current_thread().name}
+    monkeypatch.setattr(run_record, "_POOL", (pool[0] + 1, pool[1]))  # as a forked child sees it
+    run_record._in_parallel(fsync, files)
+    assert run_record._POOL[1] is not pool[1] and run_record._POOL[0] == os.getpid()
+    with pytest.raises(FileNotFoundError):
+        run_record._in_parallel(run_record._fsync_file, [*files, tmp_path / "missing"])
 
 
 def test_a_group_loads_each_seeds_data_once(monkeypatch) -> None:

@@ -264,7 +264,7 @@ def test_files_handed_over_while_others_land_land_together(tmp_path: Path, monke
     in_parallel = run_record._in_parallel
 
     def counted(function, paths):
-        if function is not run_record._fsync_folder:
+        if function is run_record._fsync_file:  # a round's fsyncs (not its renames, folders)
             rounds.append(len(paths))
         in_parallel(function, paths)
 

@@ -10,12 +10,14 @@ in torch.optim's own format, so a member's checkpoint resumes on the basic launc
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ffn.eager_optim import eager_class
+from ffn.ensemble.stack import MemberCopies, member_slices
 from ffn.step import contiguous_gradient
 
 # Flags a member's param group may hold with the batched step, and the values it handles.
@@ -90,6 +92,7 @@ class StackedOptimizer:
         self.fused = self.kind != "torch.optim.SGD" and all(g.get("fused") for g in groups)
         self._groups = groups
         self._steps_at_start: list[float] | None = None  # each member's, when fused
+        self._copies = MemberCopies()  # of the state, into the members' (write_to)
         self.lr = self.read_lr(optimizers)
         self.state = self._gather_state(optimizers, members_params)
         self.all_started = bool(self.started.all())
@@ -199,20 +202,33 @@ class StackedOptimizer:
     def write_to(self, optimizers, members_params) -> None:
         """Each member's torch.optim state := its slice, in torch.optim's own format."""
         started = self.started.tolist()  # read on the host once, not once a member
-        steps = [values.tolist() for values in self.state.get("step", [])]
+        keys = list(self.state)
         step_dtype = torch.float32 if self.fused else _scalar_dtype()
+        # parameter by parameter, key by key (the counts in torch.optim's own dtype for them)
+        stacked = [
+            s.to(step_dtype) if key == "step" else s
+            for tensors in zip(*self.state.values(), strict=True)
+            for key, s in zip(keys, tensors, strict=True)
+        ]
+        values = member_slices(stacked, len(started))  # member by member, then as `stacked`
+        entries, own, kept = [], [], []  # (member's state, parameter), its tensors, its values
         for e, (o, ps) in enumerate(zip(optimizers, members_params, strict=True)):
             o._opt_called = True  # what its first step() tells an LR schedule (it has stepped)
             if not self.state or not started[e] or o.param_groups[0].get("momentum") == 0:
                 continue  # torch.optim keeps no state yet, or none for SGD without momentum
-            for i, p in enumerate(ps):
-                entry = {}
-                for key, values in self.state.items():
-                    if key == "step":
-                        entry[key] = torch.tensor(steps[i][e], dtype=step_dtype)
-                    else:
-                        entry[key] = values[i][e].clone()
-                o.state[p] = entry
+            kept.append(e)
+            for p in ps:
+                entries.append((o.state, p))
+                entry = o.state.get(p, {})
+                own.extend(entry.get(key) for key in keys)
+        if len(kept) < len(started):
+            values = [values[e * len(stacked) + j] for e in kept for j in range(len(stacked))]
+        copies = self._copies.into(own, values)
+        if all(map(operator.is_, copies, own)):  # written in place: the entries stand
+            return
+        copied = iter(copies)
+        for state, p in entries:
+            state[p] = {key: next(copied) for key in keys}
 
     # --- the step ---------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ logging read them), and `write_to` puts the stack's values and gradients back in
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +37,7 @@ class StackedNet:
             if len(set(params)) == 1
             else torch.tensor(params, dtype=weight.dtype, device=weight.device).view(-1, 1, 1)
         )
+        self._grads = MemberCopies()
         with torch.no_grad():
             self.layers = [
                 (
@@ -60,12 +63,61 @@ class StackedNet:
 
     @torch.no_grad()
     def write_to(self, models: Sequence[FeedForward]) -> None:
-        """Each member's parameters and gradients := its slice of the stack."""
+        """Each member's parameters and gradients := its slice of the stack (`MemberCopies`)."""
         stacked = self.parameters()
-        for e, model in enumerate(models):
-            for p, s in zip(model.parameters(), stacked, strict=True):
-                p.copy_(s[e])
-                p.grad = None if s.grad is None else s.grad[e].clone()
+        # layer_parameters(): parameters()'s order, without its walk of the modules
+        own = [p for m in models for pair in m.layer_parameters() for p in pair if p is not None]
+        torch._foreach_copy_(own, member_slices(stacked, len(models)))
+        has_grad = [s.grad is not None for s in stacked] * len(models)  # as `own` lies
+        for p in itertools.compress(own, [not g for g in has_grad]):
+            p.grad = None
+        targets = list(itertools.compress(own, has_grad))
+        grads = member_slices([s.grad for s in stacked if s.grad is not None], len(models))
+        own_grads = [p.grad for p in targets]
+        copies = self._grads.into(own_grads, grads)
+        for p, old, grad in zip(targets, own_grads, copies, strict=True):
+            if grad is not old:
+                p.grad = grad
+
+
+def member_slices(stacked: Sequence[Tensor], members: int) -> list[Tensor]:
+    """Member by member, each one's slice of every stacked tensor (E, ...): member 0's of each,
+    then member 1's, ... (one unbind a tensor, not a Python index a slice)."""
+    slices = [s.unbind(0) for s in stacked]
+    return [per_member[e] for e in range(members) for per_member in slices]
+
+
+class MemberCopies:
+    """Members' own tensors that the stack's slices are copied into, write-back after write-back:
+    where a member's tensor has the slice's shape, dtype, device and a contiguous layout, in
+    place (as a run alone's optimizer updates its state), in one foreach copy; else (None before
+    a first write-back) a fresh clone. The tensors it left last time are known by identity and
+    not checked again.
+
+    One copy_ or clone a member's tensor cost 4.5 us, 2.9 ms a write-back of 32 digits members
+    (640 tensors), the checks of each tensor 1 ms more (AMD EPYC, one thread)."""
+
+    def __init__(self) -> None:
+        self.written: list[Tensor] = []  # what the last `into` left in the members
+
+    def into(self, own: Sequence[Tensor | None], values: Sequence[Tensor]) -> list[Tensor]:
+        """Copies of `values`, into `own` where they fit (see above)."""
+        if len(own) == len(self.written) and all(map(operator.is_, own, self.written)):
+            reused = [True] * len(own)
+        else:
+            reused = [
+                o is not None
+                and o.shape == v.shape
+                and o.dtype == v.dtype
+                and o.device == v.device
+                and o.is_contiguous()
+                for o, v in zip(own, values, strict=True)
+            ]
+        targets = list(itertools.compress(own, reused))
+        if targets:
+            torch._foreach_copy_(targets, list(itertools.compress(values, reused)))
+        self.written = [o if r else v.clone() for o, v, r in zip(own, values, reused, strict=True)]
+        return self.written
 
 
 def broadcastable(values: Sequence[float], like: Tensor) -> Tensor:
