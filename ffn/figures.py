@@ -57,9 +57,9 @@ class _ReplayingRenderer(RendererAgg):
         """(ascent, descent, line gap) of prop's font at this dpi, in pixels, as matplotlib's
         Text._get_layout computes them (from 3.11 on it asks a renderer that has this method;
         None, None, None: it measures instead), once a font and size: each text's layout read
-        the font's tables anew, twice a draw (a reused 10-class confusion matrix 43 -> 33 ms, a
-        decision-regions plot 27 -> 24; thread CPU, AMD EPYC). The same PNG, byte for byte
-        (tests/test_ensemble.py)."""
+        the font's tables anew, twice a draw (`python benchmarks/bench_figures.py [--tree
+        <main before>]`, thread CPU, AMD EPYC: a reused 10-class confusion matrix 43 -> 33 ms,
+        decision regions 27 -> 24). The same PNG, byte for byte (tests/test_ensemble.py)."""
         heights = self._heights.get(prop)
         if heights is None:
             heights = self._heights[prop.copy()] = _font_height_metrics(prop, self.dpi)

@@ -132,8 +132,9 @@ def write_atomic(
     _fsync_folder(path.parent)
 
 
+_Waiting = tuple[Path, Path, Callable[[], Any] | None]  # (temporary, path, before_rename)
 # Writes waiting for their fsync and rename (write_atomic's may_wait), in the order written
-_WAITING: list[tuple[Path, Path, Callable[[], Any] | None]] | None = None
+_WAITING: list[_Waiting] | None = None
 # The thread landing them instead, inside `syncs_behind()`
 _BEHIND: _Behind | None = None
 
@@ -225,14 +226,14 @@ class _Behind:
         import queue
         import threading
 
-        self._queue: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._landed = threading.Condition()
         self._pending = 0
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="ffn-sync-behind", daemon=True)
         self._started = False
 
-    def submit(self, written: tuple[Path, Path, Callable[[], Any] | None]) -> None:
+    def submit(self, written: _Waiting) -> None:
         with self._landed:
             self._pending += 1
         if not self._started:  # a run that writes nothing starts no thread
@@ -245,8 +246,8 @@ class _Behind:
 
         ending = False
         while not ending:
-            # every file handed over by now lands in one round: fsynced at once (a round of an
-            # ensemble's checkpoints, a job's first records), renamed in order
+            # every file handed over by now lands in one round: fsynced at once (a job's first
+            # records), renamed in order
             batch = [self._queue.get()]
             with contextlib.suppress(queue.Empty):
                 while True:
@@ -274,21 +275,20 @@ class _Behind:
 
     def wait(self) -> None:
         """Until every file handed over has landed; then raise_error."""
-        with self._landed:
-            self._landed.wait_for(lambda: self._pending == 0)
+        self._drain()
         self.raise_error()
 
     def close(self, raising: bool) -> None:
-        with self._landed:
-            self._landed.wait_for(lambda: self._pending == 0)
+        self._drain()
         if self._started:
             self._queue.put(None)
             self._thread.join()
         if raising:
             self.raise_error()
 
-
-_Waiting = tuple[Path, Path, Callable[[], Any] | None]  # (temporary, path, before_rename)
+    def _drain(self) -> None:
+        with self._landed:
+            self._landed.wait_for(lambda: self._pending == 0)
 
 
 def _by_folder_tree(waiting: list[_Waiting]) -> list[list[_Waiting]]:

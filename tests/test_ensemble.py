@@ -107,17 +107,14 @@ EVALUATION_CASES = [  # activation, task, penalty, method, lams, activation_para
 ]
 
 
-@pytest.mark.parametrize("per_chunk", [None, 1, 2, 4], ids=lambda c: f"{c}-a-chunk")
-@pytest.mark.parametrize("case", EVALUATION_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
-def test_stacked_epoch_evaluation_equals_each_members_own(case, per_chunk, one_thread) -> None:
-    """Scalars, layer diagnostics and pre-activations, val included, after a step (gradients);
-    one member diverged (inf weights) stays its own and leaves the others finite. The forward
-    in one chunk (CHUNK_BYTES) or a few members a chunk: 1, 2 and 1 (E = 3), one of 4 > E."""
-    name, task, penalty, method, lams, params = case
+def _evaluation_members(case, hidden=(5, 4)) -> tuple[list[FeedForward], list[Penalty]]:
+    """An EVALUATION_CASES case's E float64 members (seed s, its activation_param) and their
+    penalties."""
+    name, _, penalty, method, lams, params = case
     models = [
         FeedForward(
             D,
-            [5, 4],
+            list(hidden),
             M,
             activation=name,
             activation_param=None if params is None else params[s],
@@ -126,7 +123,17 @@ def test_stacked_epoch_evaluation_equals_each_members_own(case, per_chunk, one_t
         )
         for s in range(E)
     ]
-    penalties = [Penalty(name=penalty, lam=lam, method=method) for lam in lams]
+    return models, [Penalty(name=penalty, lam=lam, method=method) for lam in lams]
+
+
+@pytest.mark.parametrize("per_chunk", [None, 1, 2, 4], ids=lambda c: f"{c}-a-chunk")
+@pytest.mark.parametrize("case", EVALUATION_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_stacked_epoch_evaluation_equals_each_members_own(case, per_chunk, one_thread) -> None:
+    """Scalars, layer diagnostics and pre-activations, val included, after a step (gradients);
+    one member diverged (inf weights) stays its own and leaves the others finite. The forward
+    in one chunk (CHUNK_BYTES) or a few members a chunk: 1, 2 and 1 (E = 3), one of 4 > E."""
+    task = case[1]
+    models, penalties = _evaluation_members(case)
     x, y = member_data(task)
     val_x, val_y = (t.flip(1)[:, :5] for t in (x, y))
     with torch.no_grad():
@@ -181,21 +188,9 @@ def test_a_chunked_evaluation_is_the_whole_stacks(
     from ffn import functions
 
     monkeypatch.setattr(functions, "MKL_SLOW_PATHS", transposed)
-    name, task, penalty, method, lams, params = case
+    name, task = case[:2]
     hidden, rows = [5, 4], 70
-    models = [
-        FeedForward(
-            D,
-            hidden,
-            M,
-            activation=name,
-            activation_param=None if params is None else params[s],
-            seed=s,
-            dtype=torch.float64,
-        )
-        for s in range(E)
-    ]
-    penalties = [Penalty(name=penalty, lam=lam, method=method) for lam in lams]
+    models, penalties = _evaluation_members(case, hidden)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(1 if shared else E, rows, D, generator=g, dtype=torch.float64)
     if task == "classification":
