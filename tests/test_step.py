@@ -375,3 +375,56 @@ def test_fused_adam_steps_a_strided_gradient_as_its_contiguous_copy():
         optimizer_step(fused)
         plain.step()
         torch.testing.assert_close(fused_p.detach(), plain_p.detach(), rtol=1e-6, atol=1e-6)
+
+
+def _flushing() -> bool:
+    """Does this thread treat subnormal floats as zero now (DAZ: a subnormal input reads 0)?"""
+    return bool((torch.tensor([1e-39], dtype=torch.float32) * 1.0)[0] == 0)
+
+
+def _subnormal(t: torch.Tensor) -> torch.Tensor:
+    return (t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])
+def test_train_step_flushes_subnormals_in_its_gradients_only(dtype) -> None:
+    """A confident classifier's softmax underflows to subnormal probabilities: train_step's
+    gradients are computed flushed, the optimizer steps unflushed, the thread ends as it began,
+    and three steps end within float tolerance of the unflushed formulas' steps (here bitwise:
+    the flushed terms vanish in the batch's sums)."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormals (not x86)")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 8, generator=g, dtype=dtype)
+    y = torch.randint(0, 10, (64,), generator=g)
+    model = FeedForward(8, [16], 10, seed=1, dtype=dtype)
+    with torch.no_grad():  # logits tens (float32) or hundreds (float64) apart
+        model.layers[-1].weight.mul_(60.0 if dtype == torch.float32 else 1000.0)
+    probabilities = torch.softmax(model(x), -1)
+    assert _subnormal(probabilities).any()
+    reference = copy.deepcopy(model)
+    flushed_during: list[bool] = []
+
+    def recorded(*args):
+        flushed_during.append(_flushing())
+        return manual_gradients(*args)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer.register_step_pre_hook(lambda *_: flushed_during.append(_flushing()))
+    ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(3):
+        loss = train_step(model, optimizer, None, x, y, "classification", gradients=recorded)
+        ref_loss = manual_gradients(reference, x, y, "classification")
+        ref_optimizer.step()
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-30)
+    assert flushed_during == [True, False] * 3 and not _flushing()
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
+
+
+def test_flushed_subnormals_ends_unflushed_on_an_error() -> None:
+    from ffn.step import flushed_subnormals
+
+    with pytest.raises(RuntimeError, match="inside"), flushed_subnormals():
+        raise RuntimeError("inside")
+    assert not _flushing()

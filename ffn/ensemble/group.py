@@ -18,11 +18,10 @@ which its evaluation, checkpoints and stopping rules then read, exactly as a run
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -36,29 +35,7 @@ from ffn.ensemble.optim import StackedOptimizer
 from ffn.ensemble.stack import StackedNet, StackedPenalty
 from ffn.errors import ConfigError
 from ffn.heap import kept_heap
-from ffn.step import manual_gradients
-
-
-@contextlib.contextmanager
-def flushed_subnormals() -> Iterator[None]:
-    """Inside, the CPU treats subnormal floats as zero, in and out (x86's DAZ and FTZ; this
-    thread only: a member trains on one).
-
-    A trained classifier's softmax underflows: probabilities below 1e-38 (float32) are
-    subnormal, and so are its deltas, and every product with them takes a microcode assist on
-    Intel. The 32-job digits sweep's batched gradients went from 1.75 ms a step in its first ten
-    epochs to 3.6 ms in its last ninety; flushed, 1.8 ms throughout (Xeon, one thread). A
-    flushed term is below 1.2e-38 (float32; 2.2e-308 float64), so each gradient moves by less
-    than its rounding does already (the stacked bmm sums in its own order, not the single
-    run's mm's), and the members still end within the issue's tolerance of their single runs
-    (tests/test_ensemble_launcher.py). The optimizer steps outside, unflushed (bitwise its
-    members' own fused steps). Elsewhere than x86 nothing changes.
-    """
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)  # torch's default, which ffn never changes elsewhere
+from ffn.step import flushed_subnormals, manual_gradients
 
 
 class Stack:
